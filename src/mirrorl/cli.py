@@ -1,0 +1,111 @@
+"""The `mirrorl` command line: one subcommand per recipe, YAML config plus dotted overrides.
+
+    mirrorl demo                                  # the embedded default, end to end on CPU
+    mirrorl sft -c configs/demo.yaml sft.steps=100
+    mirrorl rl  -c configs/demo.yaml algo.tau=0.05 rl.iterations=20
+    mirrorl eval -c configs/demo.yaml eval.checkpoint=runs/demo/rl/final
+
+Bad input (config, data, model path) ends with one line saying what and where, exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mirrorl.config import Config, dump_config, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="mirrorl: the Kimi k1.5 RL recipe. Every command takes -c RECIPE.yaml and key=value overrides.")
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML recipe (see configs/).")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. algo.tau=0.05 rl.iterations=20.")]
+
+
+def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a ValueError (bad user input) into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ValueError as err:
+            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _config(path: Path | None, overrides: list[str] | None) -> Config:
+    return load_config(path, overrides or [])
+
+
+@app.command()
+@_user_errors
+def demo(config: ConfigOption = None, overrides: Overrides = None) -> None:
+    """Train the tiny model from scratch with long-CoT SFT, evaluate, run RL, evaluate (CPU, no download)."""
+    from mirrorl.recipes import run_demo
+
+    run_demo(_config(config, overrides))
+
+
+@app.command()
+@_user_errors
+def sft(config: ConfigOption = None, overrides: Overrides = None) -> None:
+    """Long-CoT supervised fine-tuning (k1.5 sec. 2.2)."""
+    from mirrorl.recipes import run_sft
+
+    run_sft(_config(config, overrides))
+
+
+@app.command()
+@_user_errors
+def rl(config: ConfigOption = None, overrides: Overrides = None) -> None:
+    """RL by online policy mirror descent (k1.5 sec. 2.3)."""
+    from mirrorl.recipes import run_rl
+
+    run_rl(_config(config, overrides))
+
+
+@app.command("eval")
+@_user_errors
+def eval_command(config: ConfigOption = None, overrides: Overrides = None) -> None:
+    """Held-out pass@1 (averaged over samples), greedy accuracy and mean length of eval.checkpoint."""
+    from mirrorl.recipes import run_eval
+
+    cfg = _config(config, overrides)
+    checkpoint = cfg.eval.checkpoint or cfg.model.path
+    if checkpoint is None:
+        raise ValueError("eval needs a model: set eval.checkpoint=DIR (or model.path=DIR)")
+    result = run_eval(cfg, checkpoint, Path(checkpoint).name)
+    sys.stdout.write(json.dumps(result.as_dict()) + "\n")
+
+
+@app.command()
+@_user_errors
+def plot(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Redraw curves.png of a run from its metrics files."""
+    from mirrorl.plots import plot_run
+
+    if not run_dir.is_dir():
+        raise ValueError(f"run directory {run_dir} does not exist")
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    typer.echo(plot_run(run_dir, summary))
+
+
+@app.command("config")
+@_user_errors
+def show_config(config: ConfigOption = None, overrides: Overrides = None) -> None:
+    """Print the resolved config (recipe + overrides + defaults) as YAML."""
+    sys.stdout.write(dump_config(_config(config, overrides)))
+
+
+if __name__ == "__main__":
+    app()

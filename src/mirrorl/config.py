@@ -1,0 +1,224 @@
+"""One typed configuration tree for every mirrorl command, loaded from YAML with dotted overrides.
+
+Every field is documented once, here, and validated when the tree is built: an unknown key or a
+value of the wrong type or range fails at start with the key, the value and what was expected.
+Defaults are the embedded CPU demo (built-in `chain_sum` task, tiny model trained from scratch);
+the choices the k1.5 report leaves open (tau, k, learning rate, steps per iteration, ...) are
+marked "not given by the report" and tuned on that task.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Section):
+    """Where a run writes and how it is seeded."""
+
+    output_dir: Path = Field(Path("runs/demo"), description="Run directory: checkpoints, metrics, plots, summary.")
+    seed: int = Field(0, ge=0, description="Seed for data, model initialisation, sampling and training.")
+    device: str = Field("auto", description="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; 'auto' is bf16 on CUDA that supports it, fp32 on CPU."
+    )
+    num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 leaves torch's default.")
+    tensorboard: bool = Field(True, description="Write TensorBoard event files next to metrics.jsonl.")
+    wandb: bool = Field(False, description="Also log to Weights & Biases (needs `pip install wandb`).")
+
+
+class ModelConfig(_Section):
+    """The policy: a Hugging Face causal LM, or the built-in tiny model when `path` is empty."""
+
+    path: str | None = Field(None, description="Local HF model directory or hub name; None builds the tiny model.")
+    hidden_size: int = Field(128, ge=8, description="Tiny model: hidden size.")
+    num_layers: int = Field(4, ge=1, le=64, description="Tiny model: decoder layers.")
+    num_heads: int = Field(4, ge=1, description="Tiny model: attention heads (must divide hidden_size).")
+    intermediate_size: int = Field(384, ge=8, description="Tiny model: SwiGLU inner size.")
+    max_positions: int = Field(512, ge=16, description="Tiny model: maximum sequence length.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"model.num_heads={self.num_heads} must divide model.hidden_size={self.hidden_size}")
+        return self
+
+
+class DataConfig(_Section):
+    """Problems for training and evaluation: the built-in task or files (JSONL, Parquet, `datasets`)."""
+
+    train_path: str | None = Field(None, description="Training problems file/dir; None uses the built-in task.")
+    eval_path: str | None = Field(None, description="Held-out problems file/dir; None uses the built-in task.")
+    prompt_field: str = Field("prompt", min_length=1, description="Column holding the prompt.")
+    answer_field: str = Field("answer", min_length=1, description="Column holding the reference answer.")
+    solution_field: str = Field("solution", min_length=1, description="Column holding the SFT response.")
+    difficulty_field: str = Field("difficulty", min_length=1, description="Column holding the difficulty.")
+    use_chat_template: bool = Field(True, description="Wrap prompts with the tokenizer's chat template.")
+    num_sft: int = Field(12000, ge=1, description="Built-in task: long-CoT warm-up problems.")
+    num_rl: int = Field(4000, ge=1, description="Built-in task: RL problems (disjoint seed from SFT).")
+    num_eval: int = Field(200, ge=1, description="Built-in task: held-out problems (no prompt in train).")
+    slip_prob: float = Field(0.08, ge=0, le=1, description="Built-in traces: chance per step of a corrected slip.")
+    check_prob: float = Field(0.5, ge=0, le=1, description="Built-in traces: chance of a final check step.")
+
+
+class SFTConfig(_Section):
+    """Long-CoT supervised warm-up (k1.5 sec. 2.2); the loss covers response tokens only."""
+
+    steps: int = Field(300, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(64, ge=1, description="Sequences per step (length-bucketed).")
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate (one-cycle: warm-up then cosine decay).")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
+    max_len: int = Field(512, ge=8, description="Examples longer than this (prompt + response) are dropped.")
+
+
+class SamplingConfig(_Section):
+    """How responses are drawn from the policy."""
+
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    top_k: int = Field(0, ge=0, description="Top-k filter; 0 disables it.")
+    max_new_tokens: int = Field(160, ge=1, description="Maximum response length in tokens.")
+    batch_size: int = Field(128, ge=1, description="Sequences decoded together.")
+
+
+class LengthPenaltyConfig(_Section):
+    """k1.5 length reward (sec. 2.3.3): weight and warm-up are not given by the report."""
+
+    weight: float = Field(0.0, ge=0, description="Weight of the length reward added to correctness; 0 disables.")
+    warmup_iterations: int = Field(0, ge=0, description="Iterations trained without it before it switches on.")
+
+
+class AlgoConfig(_Section):
+    """The policy-optimization objective (k1.5 sec. 2.3.2) and its ablation baselines."""
+
+    loss: Literal["mirror_descent", "rest", "group_pg"] = Field(
+        "mirror_descent", description="k1.5 mirror descent; ReST-style positive-only; GRPO/RLOO-like."
+    )
+    tau: float = Field(0.1, gt=0, description="KL weight tau of mirror descent (not given by the report).")
+    length_normalize: bool = Field(False, description="Divide each squared residual by its token count.")
+    clip_eps: float = Field(0.2, gt=0, lt=1, description="group_pg: PPO ratio clip.")
+    scale_by_std: bool = Field(False, description="group_pg: divide advantages by the group's std (GRPO).")
+    num_samples: int = Field(8, ge=2, description="k, responses per problem (not given by the report).")
+    length_penalty: LengthPenaltyConfig = Field(default_factory=LengthPenaltyConfig)
+
+
+class SamplerConfig(_Section):
+    """Which problems each iteration trains on (k1.5 sec. 2.3.4)."""
+
+    name: Literal["uniform", "curriculum", "prioritized"] = Field("uniform", description="Problem sampler.")
+    switch_iteration: int = Field(10, ge=0, description="curriculum: iteration from which only hard problems.")
+    hard_min_difficulty: float = Field(3.0, description="curriculum: difficulty at which a problem is hard.")
+    first_phase: Literal["easy", "all"] = Field("easy", description="curriculum: pool before the switch.")
+    initial_success: float = Field(0.0, ge=0, le=1, description="prioritized: s_i before a problem is seen.")
+    ema: float | None = Field(None, gt=0, le=1, description="prioritized: EMA factor; None is a running mean.")
+    min_weight: float = Field(0.0, ge=0, le=1, description="prioritized: floor of 1 - s_i.")
+
+
+class RLConfig(_Section):
+    """The RL iteration loop: sample problems, roll out, reward, optimize, log, checkpoint."""
+
+    init_from: str | None = Field(None, description="Policy to start from; None uses the SFT output of the run.")
+    iterations: int = Field(40, ge=1, description="Mirror-descent iterations; pi_i is refreshed each one.")
+    problems_per_iteration: int = Field(32, ge=1, description="Problems per iteration (each gets k samples).")
+    grad_steps: int = Field(4, ge=1, description="Optimizer steps per iteration (all after the first off-policy).")
+    lr: float = Field(5e-4, gt=0, description="Learning rate (not given by the report).")
+    reset_optimizer: bool = Field(True, description="Fresh optimizer state each iteration, as the report does.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
+    logprob_chunk_size: int = Field(2048, ge=1, description="Rows per chunk of the log-prob head (memory bound).")
+    save_every: int = Field(0, ge=0, description="Checkpoint every N iterations (0: only at the end).")
+    reward: str = Field("chain_sum", description="Reward name from the registry, or 'module:function'.")
+
+
+class EvalConfig(_Section):
+    """Held-out evaluation: pass@1 averaged over samples, greedy accuracy, mean response length."""
+
+    num_samples: int = Field(4, ge=1, description="Samples per problem for averaged pass@1.")
+    temperature: float | None = Field(None, ge=0, description="Sampling temperature; None uses rollout's.")
+    greedy: bool = Field(True, description="Also report greedy accuracy.")
+    checkpoint: str | None = Field(None, description="`mirrorl eval`: model directory to evaluate.")
+
+
+class Config(_Section):
+    """The whole tree; YAML recipes set any subset of it."""
+
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    rollout: SamplingConfig = Field(default_factory=SamplingConfig)
+    algo: AlgoConfig = Field(default_factory=AlgoConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"config override {key}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'algo.tau=0.05' -> ('algo.tau', 0.05); the value is read as YAML ('null', 'true', '[1,2]')."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"config override {text!r}: expected key=value, e.g. algo.tau=0.05")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key {key!r}"
+    return f"config {key}={first.get('input')!r}: {first['msg']}"
+
+
+def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build the tree from a YAML recipe (optional) and `key=value` overrides, validating it.
+
+    Raises ValueError with one line naming the file, the key, the value and the expectation.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ValueError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise ValueError(f"config file {path}{where}: malformed YAML") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"config file {path}: expected a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded or {}
+    for text in overrides:
+        _set_dotted(tree, *parse_override(text))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        source = f"{path}: " if path is not None else ""
+        raise ValueError(source + _describe(err)) from None
+
+
+def dump_config(config: Config) -> str:
+    """The tree as YAML, for the run directory."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
