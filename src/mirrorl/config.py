@@ -131,6 +131,7 @@ class RLConfig(_Section):
     problems_per_iteration: int = Field(32, ge=1, description="Problems per iteration (each gets k samples).")
     grad_steps: int = Field(4, ge=1, description="Optimizer steps per iteration (all after the first off-policy).")
     lr: float = Field(5e-4, gt=0, description="Learning rate (not given by the report).")
+    lr_warmup_iterations: int = Field(0, ge=0, description="Linear LR warm-up over the first N iterations.")
     reset_optimizer: bool = Field(True, description="Fresh optimizer state each iteration, as the report does.")
     grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
     logprob_chunk_size: int = Field(2048, ge=1, description="Rows per chunk of the log-prob head (memory bound).")

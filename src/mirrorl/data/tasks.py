@@ -3,11 +3,12 @@
 `chain_sum`: a prompt lists labelled digits and asks for their sum, e.g.
 
     prompt:   a=3 b=5 c=9 d=2. sum a-d?
-    response: a:3 b:3+5=8 c:8+9=17 d:17+2=19 check:19-2=17 ok. answer:19
+    response: a=3 b=5:3+5=8 c=9:8+9=17 d=2:17+2=19 check:19-2=17 ok. answer:19
 
-The response is a long chain of thought in miniature (k1.5 sec. 2.2): it plans nothing it cannot
-check, adds one term per step (each step names the label it reads, so a tiny model can look the
-digit up by content), sometimes makes a slip and corrects itself ("c:8+9=16 wait 8+9=17"), and
+The response is a long chain of thought in miniature (k1.5 sec. 2.2): it adds one term per step,
+first restating the term exactly as the prompt wrote it ("c=9", so a tiny model can copy it by
+matching the label, an induction-head lookup), sometimes makes a slip and corrects itself
+("c=9:8+9=16 wait 8+9=17"), and
 sometimes verifies its last step before answering. Checks and corrections make responses of
 different lengths for the same problem, which is what the length penalty (sec. 2.3.3) acts on.
 
@@ -65,14 +66,14 @@ def make_problem(rng: random.Random, level: int, style: TraceStyle = TraceStyle(
 
 def _trace(labels: str, digits: list[int], rng: random.Random, style: TraceStyle) -> str:
     total = digits[0]
-    steps = [f"{labels[0]}:{total}"]
+    steps = [f"{labels[0]}={total}"]
     for lab, d in zip(labels[1:], digits[1:]):
         new = total + d
         if rng.random() < style.slip_prob:
             wrong = new + rng.choice([-2, -1, 1, 2])
-            steps.append(f"{lab}:{total}+{d}={wrong} wait {total}+{d}={new}")
+            steps.append(f"{lab}={d}:{total}+{d}={wrong} wait {total}+{d}={new}")
         else:
-            steps.append(f"{lab}:{total}+{d}={new}")
+            steps.append(f"{lab}={d}:{total}+{d}={new}")
         total = new
     if rng.random() < style.check_prob:
         steps.append(f"check:{total}-{digits[-1]}={total - digits[-1]} ok.")

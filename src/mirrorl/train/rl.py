@@ -211,6 +211,8 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problem
             t2 = time.perf_counter()
             if cfg.rl.reset_optimizer:  # 4. optimize
                 optimizer = make_optimizer()
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.rl.lr * min(1.0, (iteration + 1) / max(1, cfg.rl.lr_warmup_iterations))
             loss_metrics = optimize(model, optimizer, samples, cfg, tokenizer.pad_token_id, rng)
             t3 = time.perf_counter()
             success = [0.0] * len(indices)  # 5. log and checkpoint

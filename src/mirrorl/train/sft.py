@@ -3,7 +3,7 @@
 Loss: mean negative log-likelihood over response tokens only (prompt tokens are context).
 Batches are length-bucketed: examples are shuffled, then sorted by length inside windows of 50
 batches, so a batch holds sequences of similar length and little padding, while the order of
-batches stays random. The schedule is one-cycle (linear warm-up, cosine decay to 10%).
+batches stays random. The schedule is one-cycle (linear warm-up, cosine decay to 0).
 
 Not covered here: packing several examples into one row (bucketing already keeps padding low on
 our data), multi-GPU (see `mirrorl.train.distributed` when it exists).
@@ -56,12 +56,12 @@ def bucketed_batches(examples: Sequence[SFTExample], batch_size: int, rng: rando
 
 
 def one_cycle(step: int, total: int, warmup_ratio: float) -> float:
-    """LR multiplier: linear warm-up to 1, then cosine decay to 0.1 at the last step."""
+    """LR multiplier: linear warm-up to 1, then cosine decay to 0 at the last step."""
     warmup = max(1, int(total * warmup_ratio))
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    return 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def sft_loss(model: PreTrainedModel, batch: list[SFTExample], pad_id: int, device: torch.device) -> tuple[torch.Tensor, int]:

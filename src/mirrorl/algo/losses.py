@@ -1,0 +1,110 @@
+"""Policy-optimization losses: k1.5 online mirror descent (sec. 2.3.2) and two ablation baselines.
+
+Mirror descent. With k samples per problem drawn from pi_i, reward r_j and the sequence-level
+log-ratio D_j = sum_t log pi_theta(y_jt) - log pi_i(y_jt), minimise
+    L = mean_j (r_j - rbar - tau * D_j)^2 / (2 * tau)
+where rbar, the mean reward of the group, approximates tau log Z. Its gradient is exactly minus
+the report's eq. 3:  -(1/k) sum_j [ (r_j - rbar) grad log pi_theta(y_j) - (tau/2) grad D_j^2 ].
+`length_normalize` divides each squared residual by the sample's token count (OpenKimi's choice);
+the default is the report's sequence-sum form.
+
+Baselines: `rest_loss` (ReST-style: fine-tune on correct responses only, never pushing wrong ones
+down) and `group_pg_loss` (a group-mean baseline with a PPO-clipped token ratio, GRPO/RLOO-like).
+
+Legend: B samples in the batch (whole groups), T response positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class LossInputs:
+    logprobs: Tensor  # [B, T] log pi_theta, with grad
+    ref_logprobs: Tensor  # [B, T] log pi_i (the sampling policy of this iteration), no grad
+    mask: Tensor  # [B, T] 1.0 where the token trains
+    rewards: Tensor  # [B] correctness + weighted length reward
+    correct: Tensor  # [B] bool, the verifier's verdict
+    group_ids: Tensor  # [B] the k samples of one problem share an id
+
+
+@dataclass(frozen=True)
+class LossParams:
+    tau: float = 0.1
+    length_normalize: bool = False
+    clip_eps: float = 0.2
+    scale_by_std: bool = False
+
+
+@dataclass
+class LossOutput:
+    loss: Tensor  # scalar
+    metrics: dict[str, float]
+
+
+def group_mean(values: Tensor, group_ids: Tensor) -> Tensor:
+    """Mean of `values` [B] over each sample's group, broadcast back to [B]."""
+    _, group = torch.unique(group_ids, return_inverse=True)  # [B]
+    sums = torch.zeros(int(group.max()) + 1, device=values.device).index_add(0, group, values.float())  # [G]
+    counts = torch.bincount(group).float()  # [G]
+    return (sums / counts)[group]  # [B]
+
+
+def _kl(inputs: LossInputs) -> float:
+    """Token mean of the k3 estimator of KL(pi_i || pi_theta) over trained tokens."""
+    with torch.no_grad():
+        diff = inputs.ref_logprobs - inputs.logprobs  # [B, T]
+        k3 = (diff.exp() - diff - 1) * inputs.mask  # [B, T]
+        return float(k3.sum() / inputs.mask.sum().clamp(min=1))
+
+
+def mirror_descent_loss(inputs: LossInputs, params: LossParams) -> LossOutput:
+    """k1.5 surrogate: mean_j (r_j - rbar - tau D_j)^2 / (2 tau)."""
+    log_ratio = ((inputs.logprobs - inputs.ref_logprobs) * inputs.mask).sum(-1)  # [B] D_j
+    advantage = inputs.rewards - group_mean(inputs.rewards, inputs.group_ids)  # [B] r_j - rbar
+    residual = (advantage - params.tau * log_ratio) ** 2  # [B]
+    if params.length_normalize:
+        residual = residual / inputs.mask.sum(-1).clamp(min=1)  # [B]
+    loss = residual.mean() / (2 * params.tau)
+    return LossOutput(loss, {
+        "loss": float(loss.detach()), "log_ratio_mean": float(log_ratio.detach().mean()),
+        "log_ratio_abs_mean": float(log_ratio.detach().abs().mean()), "kl": _kl(inputs),
+        "advantage_abs_mean": float(advantage.abs().mean()),
+    })
+
+
+def rest_loss(inputs: LossInputs, params: LossParams) -> LossOutput:
+    """ReST-style baseline: token-mean NLL of the correct samples; wrong ones contribute nothing."""
+    keep = inputs.mask * inputs.correct.float().unsqueeze(-1)  # [B, T]
+    loss = -(inputs.logprobs * keep).sum() / keep.sum().clamp(min=1)
+    return LossOutput(loss, {
+        "loss": float(loss.detach()), "kl": _kl(inputs), "used_fraction": float(inputs.correct.float().mean()),
+    })
+
+
+def group_pg_loss(inputs: LossInputs, params: LossParams) -> LossOutput:
+    """Group-baseline policy gradient with a PPO-clipped ratio against pi_i (GRPO/RLOO-like)."""
+    advantage = inputs.rewards - group_mean(inputs.rewards, inputs.group_ids)  # [B]
+    if params.scale_by_std:
+        spread = group_mean(advantage**2, inputs.group_ids).sqrt()  # [B] group std
+        advantage = advantage / (spread + 1e-6)  # [B]
+    ratio = (inputs.logprobs - inputs.ref_logprobs).exp()  # [B, T]
+    clipped = ratio.clamp(1 - params.clip_eps, 1 + params.clip_eps)  # [B, T]
+    surrogate = torch.minimum(ratio * advantage[:, None], clipped * advantage[:, None])  # [B, T]
+    per_sample = (surrogate * inputs.mask).sum(-1) / inputs.mask.sum(-1).clamp(min=1)  # [B]
+    loss = -per_sample.mean()
+    with torch.no_grad():
+        clip_fraction = ((ratio - clipped).abs() > 0).float().mul(inputs.mask).sum() / inputs.mask.sum().clamp(min=1)
+    return LossOutput(loss, {"loss": float(loss.detach()), "kl": _kl(inputs), "clip_fraction": float(clip_fraction)})
+
+
+LOSSES: dict[str, Callable[[LossInputs, LossParams], LossOutput]] = {
+    "mirror_descent": mirror_descent_loss,
+    "rest": rest_loss,
+    "group_pg": group_pg_loss,
+}

@@ -1,0 +1,68 @@
+"""Config tree: YAML + dotted overrides, and the one-line errors users see."""
+
+from pathlib import Path
+
+import pytest
+
+from mirrorl.config import load_config, parse_override
+
+
+def test_defaults_are_the_embedded_demo():
+    cfg = load_config()
+    assert cfg.model.path is None and cfg.data.train_path is None
+    assert cfg.algo.loss == "mirror_descent"
+
+
+def test_yaml_then_overrides_win(tmp_path: Path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("algo:\n  tau: 0.2\n  num_samples: 4\nrl:\n  iterations: 3\n")
+    cfg = load_config(recipe, ["algo.tau=0.05", "algo.length_penalty.weight=0.5", "sampler.ema=null"])
+    assert cfg.algo.tau == 0.05 and cfg.algo.num_samples == 4 and cfg.rl.iterations == 3
+    assert cfg.algo.length_penalty.weight == 0.5 and cfg.sampler.ema is None
+
+
+def test_parse_override_reads_yaml_scalars():
+    assert parse_override("a.b=0.5") == ("a.b", 0.5)
+    assert parse_override("a.b=true") == ("a.b", True)
+    assert parse_override("a.b=runs/x") == ("a.b", "runs/x")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["algo.taux=1"], "unknown config key 'algo.taux'"),
+        (["algo.tau=abc"], "config algo.tau='abc': Input should be a valid number"),
+        (["algo.tau=-1"], "config algo.tau=-1: Input should be greater than 0"),
+        (["algo.loss=ppo"], "config algo.loss='ppo': Input should be 'mirror_descent', 'rest' or 'group_pg'"),
+        (["algo.num_samples=1"], "config algo.num_samples=1: Input should be greater than or equal to 2"),
+        (["tau"], "config override 'tau': expected key=value, e.g. algo.tau=0.05"),
+        (["algo.tau.x=1"], "config algo.tau={'x': 1}: Input should be a valid number"),
+        (["model.num_heads=3"], "model.num_heads=3 must divide model.hidden_size=128"),
+    ],
+)
+def test_bad_values_fail_with_key_value_and_expectation(overrides, message):
+    cfg_error = pytest.raises(ValueError)
+    with cfg_error as err:
+        load_config(None, overrides)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_override_below_a_value_fails(tmp_path: Path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("algo:\n  tau: 0.2\n")
+    with pytest.raises(ValueError, match="config override algo.tau.x: 'tau' is a value, not a section"):
+        load_config(recipe, ["algo.tau.x=1"])
+
+
+def test_bad_files(tmp_path: Path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("algo:\n  tau: [0.1\n")
+    with pytest.raises(ValueError, match=r"broken.yaml line \d+: malformed YAML"):
+        load_config(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="expected a mapping of sections, got list"):
+        load_config(listing)
