@@ -80,6 +80,7 @@ def run_sft(cfg: Config) -> Path:
 
 def run_rl(cfg: Config) -> Path:
     """RL from `rl.init_from`, else the run's SFT output, else `model.path`; returns the saved policy."""
+    get_reward(cfg.rl.reward)  # a misspelt reward fails before any work
     out = prepare(cfg)
     start = cfg.rl.init_from or (out / "sft" / "final" if (out / "sft" / "final").is_dir() else cfg.model.path)
     if start is None:

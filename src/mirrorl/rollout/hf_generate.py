@@ -54,8 +54,9 @@ def hf_generate(
                 attention_mask=attention_mask.to(device),
                 do_sample=not greedy,
                 temperature=None if greedy else params.temperature,
-                top_p=None if greedy or params.top_p >= 1 else params.top_p,
-                top_k=None if greedy or params.top_k == 0 else params.top_k,
+                # explicit 1.0 and 0 switch off generate()'s default top-k of 50: sampling is from pi
+                top_p=None if greedy else params.top_p,
+                top_k=None if greedy else params.top_k,
                 max_new_tokens=params.max_new_tokens,
                 eos_token_id=eos_id,
                 pad_token_id=pad_id,
