@@ -36,7 +36,6 @@ class Sample:
     problem_index: int  # index into the iteration's problem list
     prompt_ids: list[int]
     response_ids: list[int]
-    behaviour_logprobs: list[float]  # log pi_i(token) at sampling time, one per response token
     finish_reason: str  # "stop" | "length" | "budget" | "repeat"
     text: str = ""
     correct: bool = False

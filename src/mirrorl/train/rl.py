@@ -74,7 +74,7 @@ def rollout(
     generated = hf_generate(model, repeated, cfg.rollout, tokenizer.eos_token_id, tokenizer.pad_token_id, seed)
     return [
         Sample(problem_index=row // k, prompt_ids=list(repeated[row]), response_ids=out.token_ids,
-               behaviour_logprobs=[], finish_reason=out.finish_reason,
+               finish_reason=out.finish_reason,
                text=tokenizer.decode(out.token_ids, skip_special_tokens=True))
         for row, out in enumerate(generated)
     ]
@@ -165,13 +165,19 @@ def optimize(model: PreTrainedModel, optimizer: torch.optim.Optimizer, samples: 
     return {**{k: v / num_steps for k, v in totals.items()}, "entropy": entropy}
 
 
+def group_success(samples: list[Sample]) -> dict[int, float]:
+    """Fraction correct of each group (problem slot) that has at least one scored sample."""
+    groups: dict[int, list[bool]] = {}
+    for sample in samples:
+        groups.setdefault(sample.problem_index, []).append(sample.correct)
+    return {slot: sum(verdicts) / len(verdicts) for slot, verdicts in sorted(groups.items())}
+
+
 def iteration_metrics(samples: list[Sample], num_drawn: int, num_groups: int) -> dict[str, float]:
     """Reward, accuracy, length and finish-reason figures of one iteration's samples."""
     lengths = [len(s.response_ids) for s in samples]
     reasons = Counter(s.finish_reason for s in samples)
-    per_group: dict[int, list[bool]] = {}
-    for s in samples:
-        per_group.setdefault(s.problem_index, []).append(s.correct)
+    success = group_success(samples).values()
     return {
         "reward": sum(s.reward + s.length_reward for s in samples) / len(samples),
         "accuracy": sum(s.correct for s in samples) / len(samples),
@@ -179,8 +185,8 @@ def iteration_metrics(samples: list[Sample], num_drawn: int, num_groups: int) ->
         "response_tokens": sum(lengths) / len(lengths),
         "response_tokens_max": max(lengths),
         "dropped_samples": num_drawn - len(samples),
-        "solved_none_fraction": sum(not any(v) for v in per_group.values()) / num_groups,
-        "solved_all_fraction": sum(all(v) for v in per_group.values()) / num_groups,
+        "solved_none_fraction": sum(v == 0 for v in success) / num_groups,
+        "solved_all_fraction": sum(v == 1 for v in success) / num_groups,
         **{f"finish_{reason}": count / len(samples) for reason, count in reasons.items()},
     }
 
@@ -215,11 +221,8 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problem
                 group["lr"] = cfg.rl.lr * min(1.0, (iteration + 1) / max(1, cfg.rl.lr_warmup_iterations))
             loss_metrics = optimize(model, optimizer, samples, cfg, tokenizer.pad_token_id, rng)
             t3 = time.perf_counter()
-            success = [0.0] * len(indices)  # 5. log and checkpoint
-            for slot in range(len(indices)):
-                group = [s.correct for s in samples if s.problem_index == slot]
-                success[slot] = sum(group) / len(group) if group else 0.0
-            sampler.update(list(indices), success)
+            scored = group_success(samples)  # 5. log and checkpoint
+            sampler.update([indices[slot] for slot in scored], list(scored.values()))
             metrics = iteration_metrics(samples, len(drawn), len(indices))
             new_tokens = sum(len(s.response_ids) for s in drawn)
             metrics.update(loss_metrics, length_penalty_weight=weight, rollout_tokens_per_second=new_tokens / (t1 - t0),

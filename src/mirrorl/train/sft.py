@@ -1,9 +1,9 @@
 """Long-CoT supervised fine-tuning (k1.5 sec. 2.2): the warm-up before RL.
 
 Loss: mean negative log-likelihood over response tokens only (prompt tokens are context).
-Batches are length-bucketed: examples are shuffled, then sorted by length inside windows of 50
-batches, so a batch holds sequences of similar length and little padding, while the order of
-batches stays random. The schedule is one-cycle (linear warm-up, cosine decay to 0).
+Batches are length-bucketed: examples are shuffled, then sorted by length inside windows of a few
+batches (`sft.bucket_window`), so a batch holds sequences of similar length and less padding,
+while the order of batches stays random. The schedule is one-cycle (linear warm-up, cosine decay to 0).
 
 Not covered here: packing several examples into one row (bucketing already keeps padding low on
 our data), multi-GPU (see `mirrorl.train.distributed` when it exists).
@@ -25,8 +25,6 @@ from mirrorl.config import SFTConfig
 from mirrorl.data.encode import pad_batch
 from mirrorl.train.metrics import MetricsLogger, progress_bar
 
-_BUCKET_WINDOW = 50  # batches per sorting window
-
 
 @dataclass
 class SFTExample:
@@ -41,12 +39,14 @@ class SFTResult:
     tokens_per_second: float
 
 
-def bucketed_batches(examples: Sequence[SFTExample], batch_size: int, rng: random.Random) -> Iterator[list[SFTExample]]:
+def bucketed_batches(
+    examples: Sequence[SFTExample], batch_size: int, window_batches: int, rng: random.Random
+) -> Iterator[list[SFTExample]]:
     """Endless length-bucketed batches (each example once per epoch)."""
     while True:
         order = list(examples)
         rng.shuffle(order)
-        window = batch_size * _BUCKET_WINDOW
+        window = batch_size * window_batches
         batches = []
         for start in range(0, len(order), window):
             chunk = sorted(order[start : start + window], key=lambda e: len(e.prompt_ids) + len(e.response_ids))
@@ -87,7 +87,7 @@ def train_sft(
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: one_cycle(s, cfg.steps, cfg.warmup_ratio))
-    batches = bucketed_batches(kept, cfg.batch_size, random.Random(seed))
+    batches = bucketed_batches(kept, cfg.batch_size, cfg.bucket_window, random.Random(seed))
     model.train()
     start, seen_tokens, loss_value = time.perf_counter(), 0, float("nan")
     with progress_bar() as bar:

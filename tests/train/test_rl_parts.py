@@ -1,0 +1,30 @@
+"""Pieces of the RL loop on hand-made samples: scoring drops unscorable samples, group success, length reward."""
+
+from mirrorl.config import AlgoConfig, LengthPenaltyConfig
+from mirrorl.train.rl import add_length_rewards, group_success, score
+from mirrorl.types import Problem, Sample
+
+
+def _sample(slot: int, text: str, length: int) -> Sample:
+    return Sample(problem_index=slot, prompt_ids=[1], response_ids=[5] * length, finish_reason="stop", text=text)
+
+
+def test_score_drops_samples_the_scorer_could_not_judge():
+    problems = [Problem(id="p", prompt="q", answer="4")]
+    samples = [_sample(0, "answer:4", 3), _sample(0, "answer:5", 3), _sample(0, "crash", 3)]
+    reward = lambda text, problem: None if text == "crash" else float(text.endswith(problem.answer))  # noqa: E731
+    kept = score(samples, problems, reward)
+    assert [(s.text, s.reward, s.correct) for s in kept] == [("answer:4", 1.0, True), ("answer:5", 0.0, False)]
+
+
+def test_group_success_and_weighted_length_reward():
+    samples = [_sample(0, "", 10), _sample(0, "", 30), _sample(1, "", 7), _sample(1, "", 7)]
+    for sample, correct in zip(samples, [True, False, True, True]):
+        sample.correct = correct
+    assert group_success(samples) == {0: 0.5, 1: 1.0}
+    cfg = AlgoConfig(length_penalty=LengthPenaltyConfig(weight=0.4, warmup_iterations=3))
+    assert add_length_rewards(samples, cfg, iteration=2) == 0.0  # still warming up
+    assert [s.length_reward for s in samples] == [0.0] * 4
+    assert add_length_rewards(samples, cfg, iteration=3) == 0.4
+    # group 0: lengths 10 (correct, lambda 0.5) and 30 (wrong, lambda -0.5); group 1: equal lengths -> 0
+    assert [s.length_reward for s in samples] == [0.2, -0.2, 0.0, 0.0]
