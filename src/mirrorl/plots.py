@@ -28,8 +28,8 @@ def _curve(ax, rows: list[dict], key: str, label: str) -> None:
     points = [(r["step"], r[key]) for r in rows if key in r]
     if points:
         steps, values = zip(*points)
-        ax.plot(steps, values, alpha=0.3)
-        ax.plot(steps, _smooth(list(values)), label=label)
+        (line,) = ax.plot(steps, _smooth(list(values)), label=label)
+        ax.plot(steps, values, alpha=0.3, color=line.get_color())
 
 
 def plot_run(run_dir: Path, summary: dict | None = None) -> Path:

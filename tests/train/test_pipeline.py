@@ -65,3 +65,14 @@ def test_missing_config_dir_for_model(tmp_path: Path):
     result = CliRunner().invoke(app, ["eval", f"eval.checkpoint={tmp_path / 'empty'}"])
     assert result.exit_code == 2
     assert "has no config.json: expected a Hugging Face model directory" in result.output
+
+
+def test_a_new_run_restarts_the_metrics_files(tmp_path: Path):
+    from mirrorl.train.metrics import MetricsLogger, read_metrics
+
+    first = MetricsLogger(tmp_path, "rl", tensorboard=False)
+    first.log(0, {"reward": 1.0})
+    first.log(1, {"reward": 2.0})
+    second = MetricsLogger(tmp_path, "rl", tensorboard=False)
+    second.log(0, {"reward": 3.0})
+    assert read_metrics(tmp_path / "rl_metrics.jsonl") == [{"step": 0, "reward": 3.0}]

@@ -21,15 +21,20 @@ class MetricsLogger:
     """Append-only metrics for one phase of a run (`sft`, `rl`, ...)."""
 
     def __init__(self, run_dir: Path, phase: str, tensorboard: bool = True, wandb: bool = False) -> None:
+        """Start the phase's records afresh: a new run must not continue an old run's curves."""
         self.path = run_dir / f"{phase}_metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("")
         self.phase = phase
         self._tb = None
         self._wandb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard" / phase))
+            events = run_dir / "tensorboard" / phase
+            for old in events.glob("events.out.tfevents.*"):
+                old.unlink()
+            self._tb = SummaryWriter(log_dir=str(events))
         if wandb:
             try:
                 import wandb as wandb_module
