@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 from mirrorl.config import load_config
 from mirrorl.recipes import run_eval, run_rl, run_sft
