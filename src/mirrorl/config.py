@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mirrorl.rewards.math_reward import MathRewardConfig
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -160,6 +162,12 @@ class EvalConfig(_Section):
     checkpoint: str | None = Field(None, description="`mirrorl eval`: model directory to evaluate.")
 
 
+class RewardsConfig(_Section):
+    """Reward services (k1.5 sec. 2.3.5)."""
+
+    math: MathRewardConfig = Field(default_factory=MathRewardConfig, description="Rule-based math answer verifier.")
+
+
 class Config(_Section):
     """The whole tree; YAML recipes set any subset of it."""
 
@@ -172,6 +180,7 @@ class Config(_Section):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig)
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
