@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from mirrorl.config import EvalConfig, SamplingConfig
 from mirrorl.data.encode import encode_prompt
 from mirrorl.rewards.registry import RewardFn
-from mirrorl.rollout.hf_generate import hf_generate
+from mirrorl.rollout.hf_generate import Generated, hf_generate
 from mirrorl.types import Problem
 
 
@@ -35,10 +35,13 @@ class EvalResult:
         return asdict(self)
 
 
-def _accuracy(texts: Sequence[str], problems: Sequence[Problem], reward_fn: RewardFn) -> tuple[list[bool], int]:
+def _accuracy(
+    outs: Sequence[Generated], problems: Sequence[Problem], tokenizer: PreTrainedTokenizerBase, reward_fn: RewardFn
+) -> tuple[list[bool], int]:
+    """Decode each response and score it; a None reward counts as wrong and as unscored."""
     verdicts, unscored = [], 0
-    for text, problem in zip(texts, problems):
-        value = reward_fn(text, problem)
+    for out, problem in zip(outs, problems):
+        value = reward_fn(tokenizer.decode(out.token_ids, skip_special_tokens=True), problem)
         unscored += value is None
         verdicts.append(value is not None and value >= 1.0)
     return verdicts, unscored
@@ -61,8 +64,7 @@ def evaluate(
     repeated = [p for p in prompts for _ in range(cfg.num_samples)]
     targets = [p for p in problems for _ in range(cfg.num_samples)]
     outs = hf_generate(model, repeated, params, tokenizer.eos_token_id, tokenizer.pad_token_id, seed)
-    texts = [tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outs]
-    verdicts, unscored = _accuracy(texts, targets, reward_fn)
+    verdicts, unscored = _accuracy(outs, targets, tokenizer, reward_fn)
     by_difficulty: dict[str, list[bool]] = defaultdict(list)
     for problem, verdict in zip(targets, verdicts):
         by_difficulty[str(problem.difficulty)].append(verdict)
@@ -70,8 +72,7 @@ def evaluate(
     if cfg.greedy:
         greedy_outs = hf_generate(model, prompts, params.model_copy(update={"temperature": 0.0}),
                                   tokenizer.eos_token_id, tokenizer.pad_token_id, seed)
-        greedy_texts = [tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in greedy_outs]
-        greedy_verdicts, greedy_unscored = _accuracy(greedy_texts, problems, reward_fn)
+        greedy_verdicts, greedy_unscored = _accuracy(greedy_outs, problems, tokenizer, reward_fn)
         greedy, unscored = sum(greedy_verdicts) / len(problems), unscored + greedy_unscored
     return EvalResult(
         pass1=sum(verdicts) / len(verdicts),
