@@ -89,6 +89,16 @@ class SFTConfig(_Section):
     )
 
 
+class RepeatConfig(_Section):
+    """Repeat detection (k1.5 sec. 4): a response whose tail loops ends with finish reason 'repeat'."""
+
+    enabled: bool = Field(True, description="Stop looping responses early.")
+    max_period: int = Field(64, ge=1, description="Longest repeating unit looked for, in tokens.")
+    min_repeats: int = Field(4, ge=2, description="Copies of the unit needed to fire.")
+    min_span: int = Field(48, ge=2, description="Tokens the repeated tail must cover to fire.")
+    penalty: float = Field(0.0, ge=0, description="Subtracted from the reward of a response stopped for repeating.")
+
+
 class SamplingConfig(_Section):
     """How responses are drawn from the policy."""
 
@@ -96,7 +106,9 @@ class SamplingConfig(_Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     top_k: int = Field(0, ge=0, description="Top-k filter; 0 disables it.")
     max_new_tokens: int = Field(160, ge=1, description="Maximum response length in tokens.")
-    batch_size: int = Field(128, ge=1, description="Sequences decoded together.")
+    batch_size: int = Field(128, ge=1, description="Sequences decoded together (engine slots).")
+    stop_token_ids: list[int] = Field(default_factory=list, description="Token ids that end a response besides EOS.")
+    repeat: RepeatConfig = Field(default_factory=RepeatConfig, description="Early stop of looping output.")
 
 
 class LengthPenaltyConfig(_Section):
@@ -151,6 +163,14 @@ class RLConfig(_Section):
     logprob_chunk_size: int = Field(2048, ge=1, description="Rows per chunk of the log-prob head (memory bound).")
     save_every: int = Field(0, ge=0, description="Checkpoint every N iterations (0: only at the end).")
     reward: str = Field("chain_sum", description="Reward name from the registry, or 'module:function'.")
+    segment_budget: int = Field(
+        0, ge=0, description="Partial rollouts (k1.5 sec. 4): new tokens per trajectory per iteration; an unfinished "
+        "trajectory waits in the replay buffer and continues next iteration. 0: full rollouts.",
+    )
+    train_tokens: Literal["all", "newest"] = Field(
+        "all", description="Partial rollouts: train on every response token, or only on the segment generated "
+        "by the current policy.",
+    )
 
 
 class EvalConfig(_Section):

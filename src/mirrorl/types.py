@@ -33,10 +33,12 @@ class Problem:
 class Sample:
     """One sampled response to a problem, with everything the loss and the metrics need."""
 
-    problem_index: int  # index into the iteration's problem list
+    problem_index: int  # index into the problem list the sampler draws from
     prompt_ids: list[int]
     response_ids: list[int]
     finish_reason: str  # "stop" | "length" | "budget" | "repeat"
+    group_id: int = 0  # the k samples of one draw of a problem share it
+    versions: list[int] = field(default_factory=list)  # per response token: the iteration whose policy made it
     text: str = ""
     correct: bool = False
     reward: float = 0.0  # correctness reward (before the length reward)

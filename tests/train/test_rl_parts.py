@@ -5,8 +5,9 @@ from mirrorl.train.rl import add_length_rewards, group_success, score
 from mirrorl.types import Problem, Sample
 
 
-def _sample(slot: int, text: str, length: int) -> Sample:
-    return Sample(problem_index=slot, prompt_ids=[1], response_ids=[5] * length, finish_reason="stop", text=text)
+def _sample(group: int, text: str, length: int, problem: int = 0, reason: str = "stop") -> Sample:
+    return Sample(problem_index=problem, prompt_ids=[1], response_ids=[5] * length, finish_reason=reason, text=text,
+                  group_id=group)
 
 
 def test_score_drops_samples_the_scorer_could_not_judge():
@@ -17,11 +18,19 @@ def test_score_drops_samples_the_scorer_could_not_judge():
     assert [(s.text, s.reward, s.correct) for s in kept] == [("answer:4", 1.0, True), ("answer:5", 0.0, False)]
 
 
+def test_repeat_penalty_lowers_the_reward_of_looping_responses_only():
+    problems = [Problem(id="p", prompt="q", answer="4")]
+    samples = [_sample(0, "answer:4", 3, reason="repeat"), _sample(0, "answer:4", 3), _sample(0, "x", 3, reason="repeat")]
+    kept = score(samples, problems, lambda text, problem: float(text == "answer:4"), repeat_penalty=0.25)
+    assert [(s.reward, s.correct) for s in kept] == [(0.75, True), (1.0, True), (-0.25, False)]
+
+
 def test_group_success_and_weighted_length_reward():
-    samples = [_sample(0, "", 10), _sample(0, "", 30), _sample(1, "", 7), _sample(1, "", 7)]
+    # two draws of the same problem 3 are two groups
+    samples = [_sample(0, "", 10, 3), _sample(0, "", 30, 3), _sample(1, "", 7, 3), _sample(1, "", 7, 3)]
     for sample, correct in zip(samples, [True, False, True, True]):
         sample.correct = correct
-    assert group_success(samples) == {0: 0.5, 1: 1.0}
+    assert group_success(samples) == {0: (3, 0.5), 1: (3, 1.0)}
     cfg = AlgoConfig(length_penalty=LengthPenaltyConfig(weight=0.4, warmup_iterations=3))
     assert add_length_rewards(samples, cfg, iteration=2) == 0.0  # still warming up
     assert [s.length_reward for s in samples] == [0.0] * 4

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from mirrorl.config import EvalConfig, SamplingConfig
 from mirrorl.data.encode import encode_prompt
 from mirrorl.rewards.registry import RewardFn
-from mirrorl.rollout.hf_generate import Generated, hf_generate
+from mirrorl.rollout.engine import Completion, Engine, Request
 from mirrorl.types import Problem
 
 
@@ -36,7 +36,7 @@ class EvalResult:
 
 
 def _accuracy(
-    outs: Sequence[Generated], problems: Sequence[Problem], tokenizer: PreTrainedTokenizerBase, reward_fn: RewardFn
+    outs: Sequence[Completion], problems: Sequence[Problem], tokenizer: PreTrainedTokenizerBase, reward_fn: RewardFn
 ) -> tuple[list[bool], int]:
     """Decode each response and score it; a None reward counts as wrong and as unscored."""
     verdicts, unscored = [], 0
@@ -63,15 +63,15 @@ def evaluate(
     params = sampling.model_copy(update={"temperature": temperature})
     repeated = [p for p in prompts for _ in range(cfg.num_samples)]
     targets = [p for p in problems for _ in range(cfg.num_samples)]
-    outs = hf_generate(model, repeated, params, tokenizer.eos_token_id, tokenizer.pad_token_id, seed)
+    engine = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    outs = engine.generate([Request(p) for p in repeated], params, seed)
     verdicts, unscored = _accuracy(outs, targets, tokenizer, reward_fn)
     by_difficulty: dict[str, list[bool]] = defaultdict(list)
     for problem, verdict in zip(targets, verdicts):
         by_difficulty[str(problem.difficulty)].append(verdict)
     greedy = None
     if cfg.greedy:
-        greedy_outs = hf_generate(model, prompts, params.model_copy(update={"temperature": 0.0}),
-                                  tokenizer.eos_token_id, tokenizer.pad_token_id, seed)
+        greedy_outs = engine.generate([Request(p) for p in prompts], params.model_copy(update={"temperature": 0.0}), seed)
         greedy_verdicts, greedy_unscored = _accuracy(greedy_outs, problems, tokenizer, reward_fn)
         greedy, unscored = sum(greedy_verdicts) / len(problems), unscored + greedy_unscored
     return EvalResult(

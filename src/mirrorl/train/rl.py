@@ -1,10 +1,16 @@
 """The k1.5 RL loop: online policy mirror descent, one iteration after another (sec. 2.3.2).
 
 Each iteration i reads top to bottom:
-  1. sample   - the sampler picks `problems_per_iteration` problems (sec. 2.3.4);
-  2. rollout  - k responses per problem from the current policy pi_i;
-  3. reward   - the verifier scores them; the k1.5 length reward is added (sec. 2.3.3);
-  4. optimize - log pi_i is computed once (theta == theta_i before the first step), then
+  1. sample   - the sampler picks the iteration's new problems (sec. 2.3.4), as many as the
+                slots left by trajectories continued from the replay buffer allow;
+  2. rollout  - the engine extends every unfinished trajectory (k per problem) under the current
+                policy pi_i by at most `segment_budget` tokens (partial rollouts, sec. 4; 0 means
+                whole responses); the groups whose k members have all finished come out;
+  3. reward   - the verifier scores them; the k1.5 length reward is added (sec. 2.3.3), and the
+                repeat penalty to responses stopped for looping;
+  4. optimize - log pi_i is computed once for whole trajectories (theta == theta_i before the
+                first step; tokens written by earlier policies train unless `train_tokens` is
+                "newest"), then
                 `grad_steps` optimizer steps on mini-batches of whole groups minimise the chosen
                 loss; every step after the first is off-policy, as in the report. The optimizer
                 is reset at the start of the iteration (configurable), and theta_{i+1} becomes
@@ -12,8 +18,8 @@ Each iteration i reads top to bottom:
   5. log and checkpoint.
 
 A sample whose reward function returned None (the scorer failed) is dropped from its group and
-counted, never scored 0. Not covered yet: partial rollouts and asynchronous refill (the rollout
-engine issue), exact resume (the checkpoint issue).
+counted, never scored 0. An iteration in which no group completes (possible with a small segment
+budget) only rolls out. Not covered yet: exact resume (the checkpoint issue).
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from mirrorl.data.encode import PaddedBatch, encode_prompt, pad_batch
 from mirrorl.data.samplers import CurriculumSampler, PrioritizedSampler, UniformSampler
 from mirrorl.models import save_policy
 from mirrorl.rewards.registry import RewardFn, get_reward
-from mirrorl.rollout.hf_generate import hf_generate
+from mirrorl.rollout.engine import Engine
+from mirrorl.rollout.partial import PartialRollouts, Trajectory, rollout_metrics
 from mirrorl.train.metrics import MetricsLogger, progress_bar
 from mirrorl.types import Problem, Sample
 
@@ -65,29 +72,26 @@ def build_sampler(cfg: SamplerConfig, problems: Sequence[Problem], seed: int):
     )
 
 
-def rollout(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[list[int]], cfg: Config, seed: int
-) -> list[Sample]:
-    """k responses for each prompt; sample j of prompt g gets problem_index g."""
-    k = cfg.algo.num_samples
-    repeated = [prompt for prompt in prompts for _ in range(k)]
-    generated = hf_generate(model, repeated, cfg.rollout, tokenizer.eos_token_id, tokenizer.pad_token_id, seed)
+def to_samples(groups: Sequence[Sequence[Trajectory]], tokenizer: PreTrainedTokenizerBase) -> list[Sample]:
+    """Finished trajectories as Samples, with their decoded text."""
     return [
-        Sample(problem_index=row // k, prompt_ids=list(repeated[row]), response_ids=out.token_ids,
-               finish_reason=out.finish_reason,
-               text=tokenizer.decode(out.token_ids, skip_special_tokens=True))
-        for row, out in enumerate(generated)
+        Sample(problem_index=t.problem_index, prompt_ids=t.prompt_ids, response_ids=t.response_ids,
+               finish_reason=t.finish_reason or "budget", group_id=t.group_id, versions=t.versions,
+               text=tokenizer.decode(t.response_ids, skip_special_tokens=True))
+        for group in groups for t in group
     ]
 
 
-def score(samples: list[Sample], problems: Sequence[Problem], reward_fn: RewardFn) -> list[Sample]:
-    """Fill correctness rewards; return only the samples that could be scored."""
+def score(samples: list[Sample], problems: Sequence[Problem], reward_fn: RewardFn,
+          repeat_penalty: float = 0.0) -> list[Sample]:
+    """Fill correctness rewards (minus the repeat penalty); return only the samples that could be scored."""
     kept = []
     for sample in samples:
         value = reward_fn(sample.text, problems[sample.problem_index])
         if value is None:
             continue
-        sample.reward, sample.correct = float(value), value >= 1.0
+        sample.correct = value >= 1.0
+        sample.reward = float(value) - (repeat_penalty if sample.finish_reason == "repeat" else 0.0)
         kept.append(sample)
     return kept
 
@@ -99,7 +103,7 @@ def add_length_rewards(samples: list[Sample], cfg: AlgoConfig, iteration: int) -
         bonus = length_rewards(
             torch.tensor([len(s.response_ids) for s in samples], dtype=torch.float),
             torch.tensor([s.correct for s in samples]),
-            torch.tensor([s.problem_index for s in samples]),
+            torch.tensor([s.group_id for s in samples]),
         )
         for sample, value in zip(samples, bonus.tolist()):
             sample.length_reward = weight * value
@@ -130,14 +134,18 @@ def reference_logprobs(model: PreTrainedModel, batch: PaddedBatch, chunk_size: i
 
 
 def optimize(model: PreTrainedModel, optimizer: torch.optim.Optimizer, samples: list[Sample], cfg: Config,
-             pad_id: int, rng: random.Random) -> dict[str, float]:
+             pad_id: int, rng: random.Random, iteration: int) -> dict[str, float]:
     """`grad_steps` optimizer steps on mini-batches of whole groups; returns averaged loss metrics."""
     device = next(model.parameters()).device
     batch = pad_batch([s.prompt_ids for s in samples], [s.response_ids for s in samples], pad_id, device)
+    if cfg.rl.train_tokens == "newest":  # tokens from earlier policies give context but no gradient
+        for row, sample in enumerate(samples):
+            old = [len(sample.prompt_ids) - 1 + j for j, v in enumerate(sample.versions) if v != iteration]
+            batch.response_mask[row, old] = 0.0
     ref, entropy = reference_logprobs(model, batch, cfg.rl.logprob_chunk_size)  # [N, T-1]
     rewards = torch.tensor([s.reward + s.length_reward for s in samples], device=device)  # [N]
     correct = torch.tensor([s.correct for s in samples], device=device)  # [N]
-    group_ids = torch.tensor([s.problem_index for s in samples], device=device)  # [N]
+    group_ids = torch.tensor([s.group_id for s in samples], device=device)  # [N]
     params = LossParams(tau=cfg.algo.tau, length_normalize=cfg.algo.length_normalize,
                         clip_eps=cfg.algo.clip_eps, scale_by_std=cfg.algo.scale_by_std)
     groups = sorted(set(group_ids.tolist()))
@@ -165,19 +173,20 @@ def optimize(model: PreTrainedModel, optimizer: torch.optim.Optimizer, samples: 
     return {**{k: v / num_steps for k, v in totals.items()}, "entropy": entropy}
 
 
-def group_success(samples: list[Sample]) -> dict[int, float]:
-    """Fraction correct of each group (problem slot) that has at least one scored sample."""
-    groups: dict[int, list[bool]] = {}
+def group_success(samples: list[Sample]) -> dict[int, tuple[int, float]]:
+    """Per group with at least one scored sample: its problem index and fraction correct."""
+    groups: dict[int, list[Sample]] = {}
     for sample in samples:
-        groups.setdefault(sample.problem_index, []).append(sample.correct)
-    return {slot: sum(verdicts) / len(verdicts) for slot, verdicts in sorted(groups.items())}
+        groups.setdefault(sample.group_id, []).append(sample)
+    return {gid: (members[0].problem_index, sum(s.correct for s in members) / len(members))
+            for gid, members in sorted(groups.items())}
 
 
 def iteration_metrics(samples: list[Sample], num_drawn: int, num_groups: int) -> dict[str, float]:
     """Reward, accuracy, length and finish-reason figures of one iteration's samples."""
     lengths = [len(s.response_ids) for s in samples]
     reasons = Counter(s.finish_reason for s in samples)
-    success = group_success(samples).values()
+    success = [rate for _, rate in group_success(samples).values()]
     return {
         "reward": sum(s.reward + s.length_reward for s in samples) / len(samples),
         "accuracy": sum(s.correct for s in samples) / len(samples),
@@ -197,7 +206,8 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problem
     sampler = build_sampler(cfg.sampler, problems, cfg.run.seed)
     reward_fn = get_reward(cfg.rl.reward)
     rng = random.Random(cfg.run.seed)
-    use_chat = cfg.data.use_chat_template
+    engine = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    rollouts = PartialRollouts(cfg.algo.num_samples, cfg.rl.segment_budget)
     make_optimizer = lambda: torch.optim.AdamW(model.parameters(), lr=cfg.rl.lr, betas=(0.9, 0.95), weight_decay=0.0)  # noqa: E731
     optimizer = make_optimizer()
     accuracy = 0.0
@@ -205,33 +215,35 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problem
         task = bar.add_task("rl", total=cfg.rl.iterations, info="")
         for iteration in range(cfg.rl.iterations):
             t0 = time.perf_counter()
-            indices = sampler.sample(cfg.rl.problems_per_iteration, iteration)  # 1. sample
-            chosen = [problems[i] for i in indices]
-            prompts = [encode_prompt(tokenizer, p.prompt, use_chat) for p in chosen]
-            drawn = rollout(model, tokenizer, prompts, cfg, seed=cfg.run.seed * 100_003 + iteration)  # 2. rollout
+            for index in sampler.sample(rollouts.new_group_quota(cfg.rl.problems_per_iteration), iteration):  # 1.
+                rollouts.add(index, encode_prompt(tokenizer, problems[index].prompt, cfg.data.use_chat_template))
+            stepped = len(rollouts.unfinished())
+            ready = rollouts.step(engine, cfg.rollout, seed=cfg.run.seed * 100_003 + iteration, version=iteration)  # 2.
             t1 = time.perf_counter()
-            samples = score(drawn, chosen, reward_fn)  # 3. reward
-            if not samples:
+            metrics = rollout_metrics(ready, rollouts, iteration, engine.idle_fraction, stepped)
+            metrics.update(rollout_tokens_per_second=engine.new_tokens / (t1 - t0), time_rollout=t1 - t0)
+            drawn = to_samples(ready, tokenizer)
+            samples = score(drawn, problems, reward_fn, cfg.rollout.repeat.penalty)  # 3. reward
+            if drawn and not samples:
                 raise RuntimeError(f"iteration {iteration}: the reward function scored none of {len(drawn)} samples")
-            weight = add_length_rewards(samples, cfg.algo, iteration)
-            t2 = time.perf_counter()
-            if cfg.rl.reset_optimizer:  # 4. optimize
-                optimizer = make_optimizer()
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.rl.lr * min(1.0, (iteration + 1) / max(1, cfg.rl.lr_warmup_iterations))
-            loss_metrics = optimize(model, optimizer, samples, cfg, tokenizer.pad_token_id, rng)
-            t3 = time.perf_counter()
-            scored = group_success(samples)  # 5. log and checkpoint
-            sampler.update([indices[slot] for slot in scored], list(scored.values()))
-            metrics = iteration_metrics(samples, len(drawn), len(indices))
-            new_tokens = sum(len(s.response_ids) for s in drawn)
-            metrics.update(loss_metrics, length_penalty_weight=weight, rollout_tokens_per_second=new_tokens / (t1 - t0),
-                           time_rollout=t1 - t0, time_reward=t2 - t1, time_optimize=t3 - t2,
-                           time_iteration=time.perf_counter() - t0)
+            if samples:
+                weight = add_length_rewards(samples, cfg.algo, iteration)
+                t2 = time.perf_counter()
+                if cfg.rl.reset_optimizer:  # 4. optimize
+                    optimizer = make_optimizer()
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.rl.lr * min(1.0, (iteration + 1) / max(1, cfg.rl.lr_warmup_iterations))
+                loss_metrics = optimize(model, optimizer, samples, cfg, tokenizer.pad_token_id, rng, iteration)
+                t3 = time.perf_counter()
+                scored = group_success(samples)  # 5. log and checkpoint
+                sampler.update([index for index, _ in scored.values()], [rate for _, rate in scored.values()])
+                metrics.update(iteration_metrics(samples, len(drawn), len(ready)), **loss_metrics,
+                               length_penalty_weight=weight, time_reward=t2 - t1, time_optimize=t3 - t2)
+                accuracy = metrics["accuracy"]
+            metrics["time_iteration"] = time.perf_counter() - t0
             logger.log(iteration, metrics)
-            accuracy = metrics["accuracy"]
-            bar.update(task, advance=1, info=f"acc {accuracy:.2f} len {metrics['response_tokens']:.0f} "
-                                             f"kl {metrics.get('kl', 0):.4f}")
+            bar.update(task, advance=1, info=f"acc {accuracy:.2f} len {metrics.get('response_tokens', 0):.0f} "
+                                             f"kl {metrics.get('kl', 0):.4f} buffer {metrics['buffer_trajectories']}")
             if cfg.rl.save_every and (iteration + 1) % cfg.rl.save_every == 0:
                 save_policy(model, tokenizer, checkpoint_dir / f"iteration-{iteration + 1}")
     return RLResult(cfg.rl.iterations, accuracy)

@@ -1,0 +1,96 @@
+"""Partial rollouts (k1.5 sec. 4): a per-iteration token budget per trajectory and a replay buffer.
+
+Each iteration every trajectory gets at most `segment_budget` new tokens. One that runs out of
+budget stays in the buffer with its tokens, its behaviour log-probs and, per token, the policy
+version (iteration) that produced it; the next iteration continues it under the then-current
+policy, before new problems take the rest of the iteration's slots. A group (the k responses to
+one draw of a problem) leaves the buffer for training only when all its members are finished, so
+the mean-reward baseline stays per problem. With `segment_budget` 0 every trajectory finishes in
+the iteration it starts: full rollouts are the same code with an unlimited budget.
+
+What we chose where the report is silent: the slots of an iteration are
+`problems_per_iteration * k` trajectories; continuations are served first and new problems fill
+the remaining slots in whole groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from mirrorl.config import SamplingConfig
+from mirrorl.rollout.engine import Engine, Request
+
+
+@dataclass
+class Trajectory:
+    group_id: int
+    problem_index: int  # index into the problem list the sampler draws from
+    prompt_ids: list[int]
+    response_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # behaviour log-probs, one per response token
+    versions: list[int] = field(default_factory=list)  # per response token: the iteration that produced it
+    segments: int = 0
+    finish_reason: str | None = None  # None while unfinished
+
+
+class PartialRollouts:
+    """Groups in flight across iterations, and the step that advances them."""
+
+    def __init__(self, group_size: int, segment_budget: int) -> None:
+        self.group_size, self.segment_budget = group_size, segment_budget
+        self.groups: dict[int, list[Trajectory]] = {}
+        self.next_group_id = 0
+
+    def unfinished(self) -> list[Trajectory]:
+        return [t for group in self.groups.values() for t in group if t.finish_reason is None]
+
+    def new_group_quota(self, groups_per_iteration: int) -> int:
+        """How many new problems fit in this iteration's slots after the continuations."""
+        slots = groups_per_iteration * self.group_size
+        return max(0, (slots - len(self.unfinished())) // self.group_size)
+
+    def add(self, problem_index: int, prompt_ids: list[int]) -> None:
+        """Start a group of `group_size` empty trajectories for one problem."""
+        group_id, self.next_group_id = self.next_group_id, self.next_group_id + 1
+        self.groups[group_id] = [Trajectory(group_id, problem_index, list(prompt_ids)) for _ in range(self.group_size)]
+
+    def step(self, engine: Engine, params: SamplingConfig, seed: int, version: int) -> list[list[Trajectory]]:
+        """Advance every unfinished trajectory by one segment; pop and return the groups now complete."""
+        running = self.unfinished()
+        budget = self.segment_budget or None
+        requests = [Request(t.prompt_ids, t.response_ids, budget) for t in running]
+        for trajectory, done in zip(running, engine.generate(requests, params, seed)):
+            trajectory.response_ids += done.token_ids
+            trajectory.logprobs += done.logprobs
+            trajectory.versions += [version] * len(done.token_ids)
+            trajectory.segments += 1
+            trajectory.finish_reason = None if done.finish_reason == "budget" else done.finish_reason
+        ready = [gid for gid, group in self.groups.items() if all(t.finish_reason for t in group)]
+        return [self.groups.pop(gid) for gid in ready]
+
+    def state_dict(self) -> dict:
+        return {"next_group_id": self.next_group_id,
+                "groups": {str(gid): [vars(t) for t in group] for gid, group in self.groups.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.next_group_id = state["next_group_id"]
+        self.groups = {int(gid): [Trajectory(**t) for t in group] for gid, group in state["groups"].items()}
+
+
+def rollout_metrics(ready: Sequence[Sequence[Trajectory]], buffer: PartialRollouts, version: int,
+                    idle_fraction: float, stepped: int) -> dict[str, float]:
+    """Buffer size, segments per finished trajectory, off-policy token fraction, idle slots, and the
+    fraction of the `stepped` trajectories that stopped on the budget this iteration."""
+    finished = [t for group in ready for t in group]
+    tokens = sum(len(t.versions) for t in finished)
+    stale = sum(v != version for t in finished for v in t.versions)
+    return {
+        "buffer_trajectories": len(buffer.unfinished()),
+        "buffer_groups": len(buffer.groups),
+        "segments_per_trajectory": sum(t.segments for t in finished) / max(1, len(finished)),
+        "off_policy_token_fraction": stale / max(1, tokens),
+        "idle_slot_fraction": idle_fraction,
+        "finish_budget_fraction": len(buffer.unfinished()) / max(1, stepped),
+        "finished_groups": len(ready),
+    }
