@@ -4,6 +4,7 @@
     mirrorl sft -c configs/demo.yaml sft.steps=100
     mirrorl rl  -c configs/demo.yaml algo.tau=0.05 rl.iterations=20
     mirrorl eval -c configs/demo.yaml eval.checkpoint=runs/demo/rl/final
+    mirrorl sandbox run solution.py tests.jsonl   # one program against tests, verdict as JSON
 
 Bad input (config, data, model path) ends with one line saying what and where, exit code 2.
 """
@@ -98,6 +99,40 @@ def plot(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> N
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     typer.echo(plot_run(run_dir, summary))
+
+
+sandbox_app = typer.Typer(no_args_is_help=True, help="The code sandbox of the code reward.")
+app.add_typer(sandbox_app, name="sandbox")
+
+
+@sandbox_app.command("run")
+@_user_errors
+def sandbox_run(
+    program: Annotated[Path, typer.Argument(help="Program file (.py, .cpp).")],
+    tests: Annotated[Path, typer.Argument(help='JSON list or JSON lines of {"input": ..., "output": ...}.')],
+    language: Annotated[str | None, typer.Option(help="python or cpp; default from the suffix.")] = None,
+    wall_seconds: Annotated[float | None, typer.Option(help="Wall-clock deadline per test.")] = None,
+    cpu_seconds: Annotated[int | None, typer.Option(help="CPU-time limit per test.")] = None,
+    memory_mb: Annotated[int | None, typer.Option(help="Address-space limit per process, MiB.")] = None,
+    float_tolerance: Annotated[float | None, typer.Option(help="Accept numbers within this abs/rel error.")] = None,
+    backend: Annotated[str, typer.Option(help="auto, bubblewrap or none.")] = "auto",
+) -> None:
+    """Run a program against test cases in the sandbox and print the verdict as JSON."""
+    from pydantic import ValidationError
+
+    from mirrorl.rewards.sandbox import Limits, run_cli
+
+    if backend not in ("auto", "bubblewrap", "none"):
+        raise ValueError(f"--backend {backend!r}: expected auto, bubblewrap or none")
+    given = {"wall_seconds": wall_seconds, "cpu_seconds": cpu_seconds,
+             "memory_bytes": None if memory_mb is None else memory_mb << 20}
+    try:
+        limits = Limits(**{key: value for key, value in given.items() if value is not None})
+    except ValidationError as err:
+        problem = err.errors()[0]
+        raise ValueError(f"sandbox limit {problem['loc'][0]}={problem['input']!r}: {problem['msg']}") from None
+    result = run_cli(program, tests, language, limits, float_tolerance, backend)  # type: ignore[arg-type]
+    sys.stdout.write(json.dumps(result) + "\n")
 
 
 @app.command("config")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from mirrorl.data import tasks
 from mirrorl.rewards.math_reward import math_problem_reward
+from mirrorl.rewards.sandbox import code_reward
 from mirrorl.types import Problem
 
 RewardFn = Callable[[str, Problem], "float | None"]
@@ -27,7 +28,7 @@ def chain_sum_reward(response: str, problem: Problem) -> float:
     return float(tasks.verify(response, problem.answer))
 
 
-REWARDS: dict[str, RewardFn] = {"chain_sum": chain_sum_reward, "math": math_problem_reward}
+REWARDS: dict[str, RewardFn] = {"chain_sum": chain_sum_reward, "math": math_problem_reward, "code": code_reward}
 
 
 def get_reward(name: str) -> RewardFn:

@@ -1,0 +1,24 @@
+"""The code sandbox (issue #4): runs untrusted Python or C++ against test cases, safely.
+
+Modules, one job each:
+- records.py    Limits, Program, TestCase, the Verdict enum and the results
+- runner.py     the in-sandbox runner: compiles, runs each test as a limited child, reports raw outcomes
+- isolation.py  bubblewrap (or the fallback) and the Protections report; the command line
+- cgroups.py    per-sample pids and memory cgroups (v2, else v1)
+- run.py        run_program: one sandbox start per sample, host-side deadline and cap, judging
+- compare.py    whitespace-tolerant, optionally float-tolerant output comparison
+- reward.py     code_reward for the RL loop (None on a repeated sandbox error) and run_cli
+
+Does not: filter syscalls (no seccomp), run languages other than Python and C++, reuse warm
+sandboxes (each sample starts bubblewrap afresh), or judge with special checkers.
+"""
+
+from mirrorl.rewards.sandbox.isolation import Isolation, Protections, default_isolation, detect_isolation, protections
+from mirrorl.rewards.sandbox.records import Limits, Program, RunResult, TestCase, TestResult, Verdict
+from mirrorl.rewards.sandbox.reward import code_reward, extract_program, run_cli
+from mirrorl.rewards.sandbox.run import run_program
+
+__all__ = [
+    "Isolation", "Limits", "Program", "Protections", "RunResult", "TestCase", "TestResult", "Verdict",
+    "code_reward", "default_isolation", "detect_isolation", "extract_program", "protections", "run_cli", "run_program",
+]  # fmt: skip

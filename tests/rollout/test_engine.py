@@ -1,0 +1,107 @@
+"""The engine against references: a naive full-recompute decoder, a forward pass, itself in one go."""
+
+import pytest
+import torch
+
+from mirrorl.config import RepeatConfig, SamplingConfig
+from mirrorl.models import TinyModelSpec, build_tiny
+from mirrorl.rollout.engine import Engine, Request
+from mirrorl.rollout.repeat import is_repeating
+
+NO_REPEAT = RepeatConfig(enabled=False)
+
+
+@pytest.fixture(scope="module")
+def policy():
+    """A tiny random model with large weights, so greedy outputs differ from prompt to prompt."""
+    model, tokenizer = build_tiny(TinyModelSpec(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128), 0)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.dim() > 1:
+                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.3)
+    model.eval()
+    prompts = [tokenizer.encode(f"a={i % 9 + 1} b={i * 7 % 9 + 1}. sum a-{'bcd'[i % 3]}?" + " " * (i % 4))
+               for i in range(10)]
+    return model, tokenizer, prompts, tokenizer.convert_tokens_to_ids(":")
+
+
+def naive_greedy(model, prompt, stop_ids, max_new_tokens):
+    """Recompute the whole sequence for every new token: the slow, obviously right decoder."""
+    ids = list(prompt)
+    for _ in range(max_new_tokens):
+        token = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+        ids.append(token)
+        if token in stop_ids:
+            return ids[len(prompt):], "stop"
+    return ids[len(prompt):], "length"
+
+
+def test_greedy_equals_naive_decoder_with_slot_refill(policy):
+    model, tokenizer, prompts, colon = policy
+    params = SamplingConfig(temperature=0, max_new_tokens=30, batch_size=3, stop_token_ids=[colon], repeat=NO_REPEAT)
+    engine = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    out = engine.generate([Request(p) for p in prompts], params, seed=0)
+    expected = [naive_greedy(model, p, {colon, tokenizer.eos_token_id}, 30) for p in prompts]
+    assert [(c.token_ids, c.finish_reason) for c in out] == expected
+    assert {reason for _, reason in expected} == {"stop", "length"}  # both endings, so slots were refilled
+    assert engine.new_tokens == sum(len(tokens) for tokens, _ in expected)
+
+
+def test_logprobs_equal_a_forward_pass_and_seeds_reproduce(policy):
+    model, tokenizer, prompts, _ = policy
+    params = SamplingConfig(temperature=0.8, top_p=0.9, top_k=20, max_new_tokens=25, batch_size=4, repeat=NO_REPEAT)
+    engine = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    out = engine.generate([Request(p) for p in prompts], params, seed=3)
+    for prompt, completion in zip(prompts, out):
+        logits = model(torch.tensor([prompt + completion.token_ids])).logits[0]
+        forward = torch.log_softmax(logits.float(), -1)[len(prompt) - 1 : -1]
+        expected = forward.gather(1, torch.tensor(completion.token_ids)[:, None]).squeeze(1)
+        assert torch.allclose(torch.tensor(completion.logprobs), expected, atol=1e-5)
+    again = engine.generate([Request(p) for p in prompts], params, seed=3)
+    other = engine.generate([Request(p) for p in prompts], params, seed=4)
+    assert [c.token_ids for c in again] == [c.token_ids for c in out]
+    assert [c.token_ids for c in other] != [c.token_ids for c in out]
+
+
+def test_budgeted_segments_equal_one_go_under_greedy(policy):
+    model, tokenizer, prompts, colon = policy
+    params = SamplingConfig(temperature=0, max_new_tokens=40, batch_size=4, repeat=NO_REPEAT)
+    engine = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    whole = engine.generate([Request(p) for p in prompts], params, seed=0)
+    pieces = {i: [] for i in range(len(prompts))}
+    reasons = {}
+    segments = 0
+    while len(reasons) < len(prompts):
+        pending = [i for i in pieces if i not in reasons]
+        out = engine.generate([Request(prompts[i], pieces[i], budget=7) for i in pending], params, seed=segments)
+        for i, completion in zip(pending, out):
+            pieces[i] += completion.token_ids
+            if completion.finish_reason != "budget":
+                reasons[i] = completion.finish_reason
+        segments += 1
+    assert segments >= 40 // 7
+    assert [pieces[i] for i in range(len(prompts))] == [c.token_ids for c in whole]
+    assert [reasons[i] for i in range(len(prompts))] == [c.finish_reason for c in whole]
+
+
+def test_repeat_stop_fires_exactly_when_the_tail_first_loops(policy):
+    model, tokenizer, prompts, _ = policy
+    rule = RepeatConfig(max_period=4, min_repeats=3, min_span=4)
+    params = SamplingConfig(temperature=0, max_new_tokens=80, batch_size=4, repeat=rule)
+    out = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id).generate([Request(p) for p in prompts],
+                                                                                  params, seed=0)
+    assert {"repeat", "length"} <= {c.finish_reason for c in out}
+    for completion in out:
+        tokens = completion.token_ids
+        looped_before = any(is_repeating(tokens[:n], rule) for n in range(1, len(tokens)))
+        assert not looped_before
+        assert is_repeating(tokens, rule) == (completion.finish_reason == "repeat")
+
+
+def test_a_request_without_room_is_refused(policy):
+    model, tokenizer, prompts, _ = policy
+    params = SamplingConfig(max_new_tokens=4, repeat=NO_REPEAT)
+    with pytest.raises(ValueError, match="no room left"):
+        Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id).generate(
+            [Request(prompts[0], [5, 5, 5, 5])], params, seed=0)
