@@ -1,9 +1,9 @@
-"""Batched sampling through Hugging Face `generate()`: the simple, general rollout path.
+"""Batched sampling through Hugging Face `generate()`: the reference rollout path.
 
 Prompts are left-padded and decoded together with the KV cache `generate()` keeps; each result
 carries its new tokens (EOS included when it stopped) and why it ended ("stop" or "length").
-The dedicated engine in `mirrorl.rollout.engine` is faster; this path stays as the reference and
-as the fallback for models the engine does not know.
+RL and evaluation use mirrorl's engine (`mirrorl.rollout.engine`); this path is what the engine
+is tested and benchmarked against.
 """
 
 from __future__ import annotations
