@@ -70,7 +70,11 @@ class TestCase:
 
 @dataclass(frozen=True)
 class TestResult:
-    """The verdict of one test; `detail` says why when it is not ok."""
+    """The verdict of one test; `detail` says why when it is not ok.
+
+    `stdout` is what the program printed (capped at `output_bytes`) when it exited normally, ok
+    or wrong answer; empty after a crash, timeout or overflow. Test generation reads it.
+    """
 
     __test__ = False
 
@@ -78,6 +82,7 @@ class TestResult:
     wall_seconds: float
     cpu_seconds: float
     detail: str = ""
+    stdout: str = ""
 
 
 @dataclass(frozen=True)

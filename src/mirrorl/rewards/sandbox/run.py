@@ -186,7 +186,7 @@ def judge(
             actual = base64.b64decode(line["stdout"]).decode("utf-8", "replace")
             matched = outputs_match(actual, test.output, float_tolerance)
             verdict, detail = (Verdict.OK, "") if matched else (Verdict.WRONG_ANSWER, f"output {actual[:80]!r}")
-            result = TestResult(verdict, line["wall_seconds"], line["cpu_seconds"], detail)
+            result = TestResult(verdict, line["wall_seconds"], line["cpu_seconds"], detail, actual)
         results.append(result)
     if len(results) < len(tests) and not (limits.stop_on_failure and crashed):
         return RunResult(Verdict.SANDBOX_ERROR, tuple(results), f"runner reported {len(results)} of {len(tests)} tests")
