@@ -105,3 +105,21 @@ def test_a_request_without_room_is_refused(policy):
     with pytest.raises(ValueError, match="no room left"):
         Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id).generate(
             [Request(prompts[0], [5, 5, 5, 5])], params, seed=0)
+
+
+def test_a_weight_update_is_seen_by_the_next_call_without_copying(policy):
+    model, tokenizer, prompts, colon = policy
+    params = SamplingConfig(temperature=0, max_new_tokens=12, batch_size=4, repeat=NO_REPEAT)
+    engine = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    before = [c.token_ids for c in engine.generate([Request(p) for p in prompts[:4]], params, seed=0)]
+    weight = model.model.layers[0].mlp.down_proj.weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.mul_(-3.0)  # what an optimizer step does: in place, same tensor
+        after = [c.token_ids for c in engine.generate([Request(p) for p in prompts[:4]], params, seed=0)]
+        assert after != before
+        assert after == [naive_greedy(model, p, {tokenizer.eos_token_id}, 12)[0] for p in prompts[:4]]
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
