@@ -19,7 +19,8 @@ from mirrorl.types import Problem
 _SFT_SEED, _RL_SEED, _EVAL_SEED = 1_000, 2_000, 3_000
 
 
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number, row) of a JSONL, Parquet or `datasets` file; ValueError names file and row."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         with path.open() as handle:
@@ -53,7 +54,7 @@ def load_problems(path: str, cfg: DataConfig, task: str = "file") -> list[Proble
     if not source.exists():
         raise ValueError(f"data file {path} does not exist")
     problems = []
-    for number, row in _rows(source):
+    for number, row in read_rows(source):
         prompt, answer = row.get(cfg.prompt_field), row.get(cfg.answer_field)
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"{path}:{number}: row has no prompt (field {cfg.prompt_field!r})")

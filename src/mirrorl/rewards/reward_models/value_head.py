@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from mirrorl.data.io import _rows
+from mirrorl.data.io import read_rows
 from mirrorl.models import TinyModelSpec, build_tiny, pick_device, pick_dtype, save_policy
 from mirrorl.rewards.reward_models.common import VALUE_HEAD_TEMPLATE, RMTrainConfig, ValueHeadRMConfig, fill_template
 from mirrorl.train.metrics import MetricsLogger, progress_bar
@@ -251,7 +251,7 @@ def load_rm_rows(path: str, objective: str) -> list[Pair] | list[Labelled]:
         raise ValueError(f"reward-model data file {path} does not exist")
     texts = ("chosen", "rejected") if objective == "pairwise" else ("response",)
     rows: list = []
-    for number, row in _rows(source):
+    for number, row in read_rows(source):
         if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
             raise ValueError(f"{path}:{number}: row has no 'prompt' (a non-empty string)")
         for name in texts:

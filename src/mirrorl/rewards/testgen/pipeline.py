@@ -37,7 +37,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mirrorl.config import SamplingConfig
-from mirrorl.data.io import _rows
+from mirrorl.data.io import read_rows
 from mirrorl.rewards.sandbox import Isolation, Limits, Program, TestCase, Verdict, default_isolation, detect_isolation
 from mirrorl.rewards.sandbox.reward import FENCE_LANGUAGES
 from mirrorl.rewards.testgen.generate import output_of, run_generator, run_on_inputs
@@ -166,7 +166,7 @@ def read_problems(path: str | Path) -> list[CodeProblem]:
     if not path.exists():
         raise ValueError(f"problems file {path} does not exist")
     problems, seen = [], set()
-    for number, row in _rows(path):
+    for number, row in read_rows(path):
         problem = _problem(row, f"{path}:{number}", f"{path.name}:{number}")
         if problem.id in seen:
             raise ValueError(f"{path}:{number}: duplicate id {problem.id!r}")
