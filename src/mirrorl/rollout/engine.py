@@ -155,6 +155,10 @@ class Engine:
         if not requests:
             return []
         cap = max_response_tokens or params.max_new_tokens
+        for index, request in enumerate(requests):
+            if len(request.prefix_ids) >= cap or request.budget == 0:
+                raise ValueError(f"request {index} has no room left: its response already holds "
+                                 f"{len(request.prefix_ids)} of {cap} tokens (budget {request.budget})")
         max_len = max(len(r.prompt_ids) for r in requests) + cap
         run = _Run(self, requests, params, cap, max_len, seed)
         was_training = self.model.training
@@ -236,10 +240,8 @@ class _Run:
             self.response_len[slot] = len(prefix)
             if self.repeat and prefix:
                 self.runs[slot] = tail_runs(prefix, self.repeat.max_period).to(device)
-            budget = self.cap - len(prefix) if request.budget is None else min(request.budget, self.cap - len(prefix))
-            if budget <= 0:
-                raise ValueError(f"request {index} has no room left: its response already holds {len(prefix)} tokens")
-            self.limit[slot] = budget
+            room = self.cap - len(prefix)
+            self.limit[slot] = room if request.budget is None else min(request.budget, room)
             self.owner[slot] = index
         self.new[slots] = 0
         tokens, logprobs = pick_tokens(logits, self.params, self.generator)
