@@ -37,7 +37,12 @@ def test_parse_override_reads_yaml_scalars():
         (["algo.num_samples=1"], "config algo.num_samples=1: Input should be greater than or equal to 2"),
         (["tau"], "config override 'tau': expected key=value, e.g. algo.tau=0.05"),
         (["algo.tau.x=1"], "config algo.tau={'x': 1}: Input should be a valid number"),
-        (["model.num_heads=3"], "model.num_heads=3 must divide model.hidden_size=128"),
+        (["model.num_heads=3"], "config model: model.num_heads=3 must divide model.hidden_size=128"),
+        (["algo.taux=1"], "unknown config key 'algo.taux' (did you mean 'algo.tau'?)"),
+        (["rewards.math.nope=1"], "unknown config key 'rewards.math.nope'"),
+        (["algo=3"], "config algo=3: 'algo' is a section, not a value; set its keys, e.g. algo.<key>=..."),
+        (["checkpoint.keep_last=0"], "config checkpoint.keep_last=0: Input should be greater than or equal to 1"),
+        (["sft.save_every=-1"], "config sft.save_every=-1: Input should be greater than or equal to 0"),
     ],
 )
 def test_bad_values_fail_with_key_value_and_expectation(overrides, message):
@@ -60,8 +65,14 @@ def test_bad_files(tmp_path: Path):
         load_config(tmp_path / "missing.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("algo:\n  tau: [0.1\n")
-    with pytest.raises(ValueError, match=r"broken.yaml line \d+: malformed YAML"):
+    with pytest.raises(ValueError, match=r"broken.yaml line 3: malformed YAML \(expected ',' or '\]', but got"):
         load_config(broken)
+    with pytest.raises(ValueError, match="is a directory, not a YAML file"):
+        load_config(tmp_path)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"run:\n  output_dir: caf\xe9\n")
+    with pytest.raises(ValueError, match=r"latin.yaml: not UTF-8 text \(byte 22\)"):
+        load_config(latin)
     listing = tmp_path / "list.yaml"
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="expected a mapping of sections, got list"):

@@ -4,15 +4,21 @@
     mirrorl sft -c configs/demo.yaml sft.steps=100
     mirrorl rl  -c configs/demo.yaml algo.tau=0.05 rl.iterations=20
     mirrorl eval -c configs/demo.yaml eval.checkpoint=runs/demo/rl/final
+    mirrorl rl  -c configs/demo.yaml --resume     # continue from the newest checkpoint
     mirrorl sandbox run solution.py tests.jsonl   # one program against tests, verdict as JSON
 
-Bad input (config, data, model path) ends with one line saying what and where, exit code 2.
+Bad input (config, data, model path) ends with one line saying what and where, exit code 2; a
+failed save or other I/O error, exit code 1; SIGINT/SIGTERM during training writes a checkpoint
+and ends with one line saying where it is and how to resume, exit code 128 + the signal number.
+A run directory that already holds a phase is only continued (--resume) or replaced (--overwrite)
+when asked.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,18 +33,48 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML recipe (see configs/).")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. algo.tau=0.05 rl.iterations=20.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from the run directory's newest valid checkpoint.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace what the run directory holds of this phase.")]
+
+
+def _resume_command(name: str, kwargs: dict[str, Any]) -> str:
+    """The command line that continues an interrupted `name` run."""
+    parts = ["mirrorl", name]
+    if kwargs.get("config") is not None:
+        parts += ["-c", str(kwargs["config"])]
+    return shlex.join([*parts, *(kwargs.get("overrides") or []), "--resume"])
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
 
 
 def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a ValueError (bad user input) into one line on stderr and exit code 2."""
+    """Every way a command can fail, as one line on stderr and a non-zero exit code.
+
+    2: bad user input (ValueError); 1: a checkpoint that could not be saved, an I/O failure, or a
+    run stopped because its reward scored nothing; 128 + N: stopped by signal N after a checkpoint.
+    """
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except ValueError as err:
-            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
+            raise _fail(str(err), 2) from None
+        except KeyboardInterrupt:
+            raise _fail("interrupted; the newest checkpoint, if any, is intact", 130) from None
+        except (RuntimeError, OSError) as err:
+            from mirrorl.train.checkpoint import CheckpointError  # here: `mirrorl config` needs no torch
+            from mirrorl.train.resume import TrainingStopped
+
+            if isinstance(err, TrainingStopped):
+                resume = _resume_command(command.__name__, kwargs)
+                raise _fail(f"{err}; continue with: {resume}", err.exit_code) from None
+            if isinstance(err, (CheckpointError, OSError)):
+                raise _fail(str(err), 1) from None
+            raise
 
     return wrapper
 
@@ -47,31 +83,40 @@ def _config(path: Path | None, overrides: list[str] | None) -> Config:
     return load_config(path, overrides or [])
 
 
+def _start(resume: bool, overwrite: bool) -> str:
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: continue the run or replace it")
+    return "resume" if resume else "overwrite" if overwrite else "new"
+
+
 @app.command()
 @_user_errors
-def demo(config: ConfigOption = None, overrides: Overrides = None) -> None:
+def demo(config: ConfigOption = None, overrides: Overrides = None, resume: Resume = False,
+         overwrite: Overwrite = False) -> None:
     """Train the tiny model from scratch with long-CoT SFT, evaluate, run RL, evaluate (CPU, no download)."""
     from mirrorl.recipes import run_demo
 
-    run_demo(_config(config, overrides))
+    run_demo(_config(config, overrides), _start(resume, overwrite))
 
 
 @app.command()
 @_user_errors
-def sft(config: ConfigOption = None, overrides: Overrides = None) -> None:
+def sft(config: ConfigOption = None, overrides: Overrides = None, resume: Resume = False,
+        overwrite: Overwrite = False) -> None:
     """Long-CoT supervised fine-tuning (k1.5 sec. 2.2)."""
     from mirrorl.recipes import run_sft
 
-    run_sft(_config(config, overrides))
+    run_sft(_config(config, overrides), _start(resume, overwrite))
 
 
 @app.command()
 @_user_errors
-def rl(config: ConfigOption = None, overrides: Overrides = None) -> None:
+def rl(config: ConfigOption = None, overrides: Overrides = None, resume: Resume = False,
+       overwrite: Overwrite = False) -> None:
     """RL by online policy mirror descent (k1.5 sec. 2.3)."""
     from mirrorl.recipes import run_rl
 
-    run_rl(_config(config, overrides))
+    run_rl(_config(config, overrides), _start(resume, overwrite))
 
 
 @app.command("eval")

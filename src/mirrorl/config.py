@@ -9,6 +9,7 @@ marked "not given by the report" and tuned on that task.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -87,6 +88,10 @@ class SFTConfig(_Section):
         "length and so of one difficulty, which on the demo task slowed learning badly (300 steps: final "
         "loss 0.31 with 50, 0.35 with 4, 0.08 with 1), so it is off by default.",
     )
+    save_every: int = Field(
+        0, ge=0, description="Checkpoint the whole training state (checkpoints/sft) every N steps; 0: only at the "
+        "end. A run also checkpoints when stopped by SIGINT/SIGTERM.",
+    )
 
 
 class RepeatConfig(_Section):
@@ -161,7 +166,10 @@ class RLConfig(_Section):
     )
     grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
     logprob_chunk_size: int = Field(2048, ge=1, description="Rows per chunk of the log-prob head (memory bound).")
-    save_every: int = Field(0, ge=0, description="Checkpoint every N iterations (0: only at the end).")
+    save_every: int = Field(
+        0, ge=0, description="Checkpoint the whole training state (checkpoints/rl) every N iterations; 0: only at "
+        "the end. A run also checkpoints when stopped by SIGINT/SIGTERM or by a reward that scored no sample.",
+    )
     reward: str = Field("chain_sum", description="Reward name from the registry, or 'module:function'.")
     segment_budget: int = Field(
         0, ge=0, description="Partial rollouts (k1.5 sec. 4): new tokens per trajectory per iteration; an unfinished "
@@ -188,6 +196,14 @@ class RewardsConfig(_Section):
     math: MathRewardConfig = Field(default_factory=MathRewardConfig, description="Rule-based math answer verifier.")
 
 
+class CheckpointConfig(_Section):
+    """Which checkpoints a run keeps (in run.output_dir/checkpoints/<phase>; when to save: `sft.save_every`,
+    `rl.save_every`). `mirrorl sft|rl|demo --resume` continues from the newest valid one."""
+
+    keep_last: int = Field(3, ge=1, description="Keep the newest N checkpoints of a phase.")
+    keep_every: int = Field(0, ge=0, description="Also keep every checkpoint whose step is a multiple of N; 0: none.")
+
+
 class Config(_Section):
     """The whole tree; YAML recipes set any subset of it."""
 
@@ -201,6 +217,7 @@ class Config(_Section):
     rl: RLConfig = Field(default_factory=RLConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     rewards: RewardsConfig = Field(default_factory=RewardsConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -226,12 +243,51 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _field_names(section: type[BaseModel], path: tuple) -> list[str]:
+    """The keys a config section accepts at `path` (a ValidationError location), for a 'did you mean'."""
+    for part in path:
+        annotation = section.model_fields[part].annotation if part in section.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        section = annotation
+    return list(section.model_fields)
+
+
 def _describe(err: ValidationError) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
-        return f"unknown config key {key!r}"
+        close = difflib.get_close_matches(str(first["loc"][-1]), _field_names(Config, first["loc"][:-1]), n=1)
+        hint = f" (did you mean {'.'.join([*map(str, first['loc'][:-1]), close[0]])!r}?)" if close else ""
+        return f"unknown config key {key!r}{hint}"
+    if first["type"] == "model_type":  # a value where a section belongs: `algo=3`
+        return (f"config {key}={first.get('input')!r}: {key!r} is a section, not a value; "
+                f"set its keys, e.g. {key}.<key>=...")
+    if first["type"] == "value_error" and isinstance(first.get("input"), dict):  # a section's own check
+        return f"config {key}: {first['msg'].removeprefix('Value error, ')}"
     return f"config {key}={first.get('input')!r}: {first['msg']}"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """A recipe file as a dict; ValueError naming the file (and line) when it cannot be one."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"config file {path} is a directory, not a YAML file") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config file {path}: not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise ValueError(f"config file {path}: cannot read it ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None)
+        raise ValueError(f"config file {path}{where}: malformed YAML" + (f" ({problem})" if problem else "")) from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ValueError(f"config file {path}: expected a mapping of sections, got {type(loaded).__name__}")
+    return loaded or {}
 
 
 def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -239,19 +295,7 @@ def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...]
 
     Raises ValueError with one line naming the file, the key, the value and the expectation.
     """
-    tree: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise ValueError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise ValueError(f"config file {path}{where}: malformed YAML") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"config file {path}: expected a mapping of sections, got {type(loaded).__name__}")
-        tree = loaded or {}
+    tree = _read_yaml(path) if path is not None else {}
     for text in overrides:
         _set_dotted(tree, *parse_override(text))
     try:

@@ -3,9 +3,14 @@
 Run directory layout (`run.output_dir`):
   config.yaml              the resolved config
   sft/final/               SFT policy (HF format)          sft_metrics.jsonl
-  rl/final/, rl/iteration-N/  RL policies (HF format)      rl_metrics.jsonl
+  rl/final/                RL policy (HF format)           rl_metrics.jsonl
+  checkpoints/sft|rl/      step-NNNNNN/ checkpoints and `latest` (see train/resume.py)
   eval_<name>.json         evaluation results              tensorboard/<phase>/
   curves.png, summary.json (demo)
+
+`start` of sft, rl and demo: "new" refuses a directory that already holds the phase, "resume"
+continues from its newest checkpoint, "overwrite" replaces it. Every input (config, policy, data,
+reward) is loaded and checked before anything in the directory changes.
 """
 
 from __future__ import annotations
@@ -25,9 +30,29 @@ from mirrorl.data.io import load_split
 from mirrorl.eval.evaluate import EvalResult, evaluate
 from mirrorl.models import TinyModelSpec, build_tiny, load_policy, pick_device, pick_dtype, save_policy
 from mirrorl.rewards.registry import get_reward
+from mirrorl.train.checkpoint import Checkpoint, CheckpointStore, find_latest
 from mirrorl.train.metrics import MetricsLogger, console
+from mirrorl.train.resume import (
+    MODEL_DIR,
+    Checkpointing,
+    Start,
+    check_settings,
+    checkpoint_root,
+    clear_phase,
+    open_phase,
+)
 from mirrorl.train.rl import train_rl
 from mirrorl.train.sft import SFTExample, train_sft
+
+
+# Settings a resumed phase must keep: its saved data cursor, batch order or replay buffer depend on
+# them. (The loops also compare a digest of the examples or problems, which catches a changed file.)
+FIXED = {
+    "sft": ("data.train_path", "data.prompt_field", "data.solution_field", "data.num_sft", "data.use_chat_template",
+            "sft.batch_size", "sft.bucket_window", "sft.max_len"),
+    "rl": ("data.train_path", "data.prompt_field", "data.answer_field", "data.num_rl", "algo.num_samples",
+           "sampler.name"),
+}
 
 
 def seed_everything(seed: int) -> None:
@@ -37,13 +62,12 @@ def seed_everything(seed: int) -> None:
 
 
 def prepare(cfg: Config) -> Path:
-    """Seed, set threads, create the run directory and record the resolved config."""
+    """Seed, set threads and create the run directory."""
     seed_everything(cfg.run.seed)
     if cfg.run.num_threads:
         torch.set_num_threads(cfg.run.num_threads)
     out = cfg.run.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_config(cfg))
     return out
 
 
@@ -55,41 +79,90 @@ def open_policy(cfg: Config, path: str | Path | None) -> tuple[PreTrainedModel, 
         spec = TinyModelSpec(m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size, m.max_positions)
         model, tokenizer = build_tiny(spec, cfg.run.seed)
         return model.to(device=device, dtype=pick_dtype(cfg.run.dtype, device)), tokenizer
-    return load_policy(str(path), device, pick_dtype(cfg.run.dtype, device))
+    text = str(path)
+    # A hub repo id is 'name' or 'namespace/name': anything else that does not exist is a missing directory.
+    if not Path(text).exists() and (text.startswith(("/", ".", "~")) or text.count("/") > 1):
+        raise ValueError(f"model directory {text} does not exist")
+    try:
+        return load_policy(text, device, pick_dtype(cfg.run.dtype, device))
+    except RuntimeError as err:  # transformers raises it for weights that do not fit config.json
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        what = "its weights do not fit the shapes in its config.json" if "mismatched" in first_line else first_line
+        raise ValueError(f"cannot load model {text!r}: {what}") from err
 
 
-def run_sft(cfg: Config) -> Path:
+def _phase_start(cfg: Config, phase: str, start: Start, total: int) -> Checkpoint | None:
+    """Apply the run-directory rule of `start`; check a resume against its checkpoint. Changes nothing."""
+    resume = open_phase(cfg.run.output_dir, phase, start)
+    if resume is None:
+        return None
+    changed = check_settings(resume.manifest.get("config"), cfg.model_dump(mode="json"), FIXED[phase], resume.path)
+    if resume.step > total:
+        raise ValueError(f"cannot resume from {resume.path}: it is at step {resume.step}, past "
+                         f"{phase}.{'steps' if phase == 'sft' else 'iterations'}={total}")
+    console.print(f"{phase}: resuming from {resume.path} (step {resume.step} of {total})"
+                  + (f"; changed since: {', '.join(changed)}" if changed else ""))
+    if resume.step == total:
+        unit = "steps" if phase == "sft" else "iterations"
+        console.print(f"{phase}: the checkpoint already completes all {total} {unit}; nothing to train")
+    return resume
+
+
+def _begin(cfg: Config, phase: str, start: Start, resume: Checkpoint | None, every: int,
+           tokenizer: PreTrainedTokenizerBase) -> tuple[Checkpointing, MetricsLogger]:
+    """After every input has loaded: clear an overwritten phase, record the config, open store and logger."""
+    out = cfg.run.output_dir
+    if start == "overwrite":
+        clear_phase(out, phase)
+    (out / "config.yaml").write_text(dump_config(cfg))
+    store = CheckpointStore(checkpoint_root(out, phase), cfg.checkpoint.keep_last, cfg.checkpoint.keep_every)
+    checkpointing = Checkpointing(store, tokenizer, cfg.model_dump(mode="json"), every, resume)
+    logger = MetricsLogger(out, phase, cfg.run.tensorboard, cfg.run.wandb,
+                           resume_step=None if resume is None else resume.step)
+    return checkpointing, logger
+
+
+def run_sft(cfg: Config, start: Start = "new") -> Path:
     """Long-CoT SFT from `model.path` (or the tiny model from scratch); returns the saved policy."""
     out = prepare(cfg)
-    model, tokenizer = open_policy(cfg, cfg.model.path)
+    resume = _phase_start(cfg, "sft", start, cfg.sft.steps)
     problems = [p for p in load_split(cfg.data, "sft", cfg.run.seed) if p.solution]
     if not problems:
         raise ValueError(f"no SFT data: the rows need a {cfg.data.solution_field!r} field with the response")
+    model, tokenizer = open_policy(cfg, cfg.model.path if resume is None else resume.path / MODEL_DIR)
     examples = [
         SFTExample(encode_prompt(tokenizer, p.prompt, cfg.data.use_chat_template), encode_response(tokenizer, p.solution))
         for p in problems
     ]
-    logger = MetricsLogger(out, "sft", cfg.run.tensorboard, cfg.run.wandb)
-    result = train_sft(model, examples, cfg.sft, tokenizer.pad_token_id, logger, cfg.run.seed)
-    logger.close()
+    checkpointing, logger = _begin(cfg, "sft", start, resume, cfg.sft.save_every, tokenizer)
+    try:
+        result = train_sft(model, examples, cfg.sft, tokenizer.pad_token_id, logger, cfg.run.seed, checkpointing)
+    finally:
+        logger.close()
     save_policy(model, tokenizer, out / "sft" / "final")
     console.print(f"sft: {result.steps} steps, final loss {result.final_loss:.3f}, "
                   f"{result.tokens_per_second:.0f} tokens/s -> {out / 'sft' / 'final'}")
     return out / "sft" / "final"
 
 
-def run_rl(cfg: Config) -> Path:
+def run_rl(cfg: Config, start: Start = "new") -> Path:
     """RL from `rl.init_from`, else the run's SFT output, else `model.path`; returns the saved policy."""
     get_reward(cfg.rl.reward)  # a misspelt reward fails before any work
     out = prepare(cfg)
-    start = cfg.rl.init_from or (out / "sft" / "final" if (out / "sft" / "final").is_dir() else cfg.model.path)
-    if start is None:
+    resume = _phase_start(cfg, "rl", start, cfg.rl.iterations)
+    if resume is not None:
+        policy = resume.path / MODEL_DIR
+    else:
+        policy = cfg.rl.init_from or (out / "sft" / "final" if (out / "sft" / "final").is_dir() else cfg.model.path)
+    if policy is None:
         raise ValueError("rl needs a starting policy: set rl.init_from or model.path, or run `mirrorl sft` first")
-    model, tokenizer = open_policy(cfg, start)
     problems = load_split(cfg.data, "rl", cfg.run.seed)
-    logger = MetricsLogger(out, "rl", cfg.run.tensorboard, cfg.run.wandb)
-    result = train_rl(model, tokenizer, problems, cfg, logger, out / "rl")
-    logger.close()
+    model, tokenizer = open_policy(cfg, policy)
+    checkpointing, logger = _begin(cfg, "rl", start, resume, cfg.rl.save_every, tokenizer)
+    try:
+        result = train_rl(model, tokenizer, problems, cfg, logger, checkpointing)
+    finally:
+        logger.close()
     save_policy(model, tokenizer, out / "rl" / "final")
     console.print(f"rl: {result.iterations} iterations, last training accuracy {result.final_accuracy:.3f} "
                   f"-> {out / 'rl' / 'final'}")
@@ -110,14 +183,22 @@ def run_eval(cfg: Config, checkpoint: str | Path, name: str) -> EvalResult:
     return result
 
 
-def run_demo(cfg: Config) -> dict:
+def _demo_start(cfg: Config, phase: str, start: Start) -> Start:
+    """`demo --resume` continues a phase that has a checkpoint and starts the others afresh."""
+    if start == "resume" and find_latest(checkpoint_root(cfg.run.output_dir, phase), checksums=False) is None:
+        return "new"
+    return start
+
+
+def run_demo(cfg: Config, start: Start = "new") -> dict:
     """The embedded default end to end: SFT from scratch, eval, RL, eval; writes summary.json."""
     from mirrorl.plots import plot_run
 
-    start = time.perf_counter()
-    sft_path = run_sft(cfg)
+    began = time.perf_counter()
+    sft_path = run_sft(cfg, _demo_start(cfg, "sft", start))
     sft_eval = run_eval(cfg, sft_path, "sft")
-    rl_path = run_rl(cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"init_from": str(sft_path)})}))
+    rl_cfg = cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"init_from": str(sft_path)})})
+    rl_path = run_rl(rl_cfg, _demo_start(cfg, "rl", start))
     rl_eval = run_eval(cfg, rl_path, "rl")
     out = cfg.run.output_dir
     summary = {
@@ -132,7 +213,7 @@ def run_demo(cfg: Config) -> dict:
         "eval_problems": rl_eval.num_problems,
         "eval_samples_per_problem": rl_eval.num_samples,
         "seed": cfg.run.seed,
-        "wall_seconds": time.perf_counter() - start,
+        "wall_seconds": time.perf_counter() - began,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_run(out, summary)

@@ -31,8 +31,26 @@ def test_demo_writes_the_promised_run_directory(tmp_path: Path):
     rows = [json.loads(line) for line in (tmp_path / "rl_metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1]
     for key in ("reward", "accuracy", "response_tokens", "kl", "entropy", "rollout_tokens_per_second",
-                "time_rollout", "time_reward", "time_optimize"):
+                "time_rollout", "time_reward", "time_optimize", "reward_errors"):
         assert key in rows[0], key
+    assert (tmp_path / "checkpoints" / "sft" / "latest").read_text() == "step-000003\n"
+    assert (tmp_path / "checkpoints" / "rl" / "latest").read_text() == "step-000002\n"
+
+
+def test_demo_resume_of_a_finished_run_trains_nothing_and_overwrite_starts_afresh(tmp_path: Path, capsys):
+    cfg = load_config(None, [*TOY, f"run.output_dir={tmp_path}", "sft.steps=2", "rl.iterations=1"])
+    run_demo(cfg)
+    metrics = {phase: (tmp_path / f"{phase}_metrics.jsonl").read_text() for phase in ("sft", "rl")}
+    weights = (tmp_path / "rl" / "final" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    run_demo(cfg, "resume")
+    err = capsys.readouterr().err
+    assert "sft: 0 steps" in err and "rl: 0 iterations" in err
+    assert {phase: (tmp_path / f"{phase}_metrics.jsonl").read_text() for phase in ("sft", "rl")} == metrics
+    assert (tmp_path / "rl" / "final" / "model.safetensors").read_bytes() == weights
+    run_demo(load_config(None, [*TOY, f"run.output_dir={tmp_path}", "sft.steps=1", "rl.iterations=1"]), "overwrite")
+    assert len((tmp_path / "sft_metrics.jsonl").read_text().splitlines()) == 1
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "sft").iterdir()) == ["latest", "step-000001"]
 
 
 def test_sft_lowers_the_loss(tmp_path: Path):
@@ -48,7 +66,7 @@ def test_sft_lowers_the_loss(tmp_path: Path):
         (["rl", "algo.tau=abc"], "error: config algo.tau='abc': Input should be a valid number"),
         (["sft", "algo.taux=1"], "error: unknown config key 'algo.taux'"),
         (["eval"], "error: eval needs a model: set eval.checkpoint=DIR (or model.path=DIR)"),
-        (["eval", "eval.checkpoint=/nonexistent/model"], "error: cannot load model '/nonexistent/model'"),
+        (["eval", "eval.checkpoint=/nonexistent/model"], "error: model directory /nonexistent/model does not exist"),
         (["rl", "rl.reward=nosuch"], "error: rl.reward='nosuch': not a registered reward"),
         (["sft", "data.train_path=/nonexistent.jsonl"], "error: data file /nonexistent.jsonl does not exist"),
     ],

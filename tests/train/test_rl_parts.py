@@ -37,3 +37,20 @@ def test_group_success_and_weighted_length_reward():
     assert add_length_rewards(samples, cfg, iteration=3) == 0.4
     # group 0: lengths 10 (correct, lambda 0.5) and 30 (wrong, lambda -0.5); group 1: equal lengths -> 0
     assert [s.length_reward for s in samples] == [0.2, -0.2, 0.0, 0.0]
+
+
+def test_a_raising_reward_drops_the_sample_and_is_counted():
+    from mirrorl.train.rl import GuardedReward
+
+    problems = [Problem(id="p", prompt="q", answer="4")]
+
+    def reward(text, problem):
+        if text == "boom":
+            raise ValueError("no such field\nsecond line")
+        return float(text == "answer:4")
+
+    guarded = GuardedReward(reward)
+    kept = score([_sample(0, "answer:4", 3), _sample(0, "boom", 3), _sample(0, "boom", 3)], problems, guarded)
+    assert [(s.text, s.reward) for s in kept] == [("answer:4", 1.0)]
+    assert guarded.take_errors() == ["ValueError: no such field"] * 2  # first line only
+    assert guarded.take_errors() == []  # counted per iteration

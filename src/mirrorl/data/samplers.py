@@ -10,7 +10,10 @@
   `initial_success` and `ema` choose it.
 
 Every sampler has `sample(num, iteration)`, `update(indices, success)`, and a JSON-serialisable
-`state_dict()` / `load_state_dict()` that include the RNG, so a resumed run draws the same problems.
+`state_dict()` / `load_state_dict()` that include the RNG, so a resumed run draws the same problems:
+the epoch cursors (order, position, epoch) record which problems an epoch has consumed, the
+prioritized sampler's counts and success rates record every draw it learned from. Loading a state
+saved over another set of problems is a ValueError.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ class _EpochCursor:
         return {"order": self.order, "position": self.position, "epoch": self.epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["order"] and sorted(state["order"]) != sorted(self.pool):
+            raise ValueError(f"the saved sampler state covers another set of problems ({len(state['order'])} "
+                             f"in the epoch, {len(self.pool)} now)")
         self.order, self.position, self.epoch = list(state["order"]), state["position"], state["epoch"]
 
 
@@ -159,6 +165,9 @@ class PrioritizedSampler:
         return {"success_rates": self.success_rates.tolist(), "counts": self.counts.tolist(), "rng": _rng_state(self.rng)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["success_rates"]) != len(self.success_rates):
+            raise ValueError(f"the saved sampler state covers {len(state['success_rates'])} problems, "
+                             f"the data now has {len(self.success_rates)}")
         self.success_rates = np.asarray(state["success_rates"], dtype=float)
         self.counts = np.asarray(state["counts"], dtype=np.int64)
         self.rng = _rng_from(state["rng"])

@@ -70,10 +70,17 @@ class PartialRollouts:
         return [self.groups.pop(gid) for gid in ready]
 
     def state_dict(self) -> dict:
-        return {"next_group_id": self.next_group_id,
+        """The buffer as JSON-able data (tokens, behaviour log-probs and per-token versions included).
+
+        It shares the trajectories' lists: copy it (e.g. through JSON) before the buffer moves on.
+        """
+        return {"group_size": self.group_size, "next_group_id": self.next_group_id,
                 "groups": {str(gid): [vars(t) for t in group] for gid, group in self.groups.items()}}
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("group_size", self.group_size) != self.group_size:
+            raise ValueError(f"the saved replay buffer holds groups of {state['group_size']} trajectories; "
+                             f"algo.num_samples is now {self.group_size}")
         self.next_group_id = state["next_group_id"]
         self.groups = {int(gid): [Trajectory(**t) for t in group] for gid, group in state["groups"].items()}
 

@@ -1,30 +1,39 @@
 """Metrics: one JSONL line per step, TensorBoard scalars, optional W&B, and a live progress bar.
 
 The JSONL file is the record of truth (plots and `summary.json` are made from it); TensorBoard
-and W&B are views of the same numbers.
+and W&B are views of the same numbers. A resumed run continues the curves from its checkpoint's
+step: the JSONL keeps only the lines of earlier steps (a killed run may have logged steps after its
+last checkpoint, and may have left half a line) and TensorBoard purges events from that step on,
+so each step appears once. W&B is not resumed: a resumed run starts a new W&B run.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one message, one line (no wrapping at 80 columns)
 
 
 class MetricsLogger:
     """Append-only metrics for one phase of a run (`sft`, `rl`, ...)."""
 
-    def __init__(self, run_dir: Path, phase: str, tensorboard: bool = True, wandb: bool = False) -> None:
-        """Start the phase's records afresh: a new run must not continue an old run's curves."""
+    def __init__(self, run_dir: Path, phase: str, tensorboard: bool = True, wandb: bool = False,
+                 resume_step: int | None = None) -> None:
+        """Start the phase's records afresh (a new run must not continue an old run's curves), or with
+        `resume_step` continue them from that step."""
         self.path = run_dir / f"{phase}_metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("")
+        if resume_step is None:
+            self.path.write_text("")
+        else:
+            keep_lines_before(self.path, resume_step)
         self.phase = phase
         self._tb = None
         self._wandb = None
@@ -32,9 +41,10 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             events = run_dir / "tensorboard" / phase
-            for old in events.glob("events.out.tfevents.*"):
-                old.unlink()
-            self._tb = SummaryWriter(log_dir=str(events))
+            if resume_step is None:
+                for old in events.glob("events.out.tfevents.*"):
+                    old.unlink()
+            self._tb = SummaryWriter(log_dir=str(events), purge_step=resume_step)
         if wandb:
             try:
                 import wandb as wandb_module
@@ -55,6 +65,27 @@ class MetricsLogger:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def keep_lines_before(path: Path, step: int) -> None:
+    """Cut a metrics JSONL file down to its lines of steps before `step`, byte for byte (atomic replace).
+
+    Stops at the first line that does not parse (the half-written last line of a killed run).
+    """
+    kept = []
+    if path.exists():
+        for line in path.read_text().splitlines(keepends=True):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if not line.endswith("\n"):
+                break
+            if row["step"] < step:
+                kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

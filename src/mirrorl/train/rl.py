@@ -15,21 +15,32 @@ Each iteration i reads top to bottom:
                 loss; every step after the first is off-policy, as in the report. The optimizer
                 is reset at the start of the iteration (configurable), and theta_{i+1} becomes
                 the next iteration's pi_i simply by being the weights that generate next;
-  5. log and checkpoint.
+  5. log. The checkpoint of step i + 1 (when due) is written as iteration i + 1 begins (step 0.).
 
-A sample whose reward function returned None (the scorer failed) is dropped from its group and
-counted, never scored 0. An iteration in which no group completes (possible with a small segment
-budget) only rolls out. Not covered yet: exact resume (the checkpoint issue).
+A sample whose reward function returned None or raised (the scorer failed) is dropped from its
+group and counted, never scored 0; an iteration in which none could be scored stops the run after
+a checkpoint. An iteration in which no group completes (possible with a small segment budget) only
+rolls out.
+
+Checkpoints (`checkpointing`, see `mirrorl.train.resume`): the one at step i is the state at the
+start of iteration i - weights, AdamW state, RNG states (global and the loop's own generator), the
+sampler (data cursor, success rates; the curriculum phase follows from i), the replay buffer of
+partial rollouts with per-token policy versions, and the last training accuracy. Rollout seeds are
+derived from (seed, iteration), so a resumed run repeats an uninterrupted one bit for bit on the
+same hardware and thread count.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -40,21 +51,25 @@ from mirrorl.algo.losses import LOSSES, LossInputs, LossParams
 from mirrorl.config import AlgoConfig, Config, SamplerConfig
 from mirrorl.data.encode import PaddedBatch, encode_prompt, pad_batch
 from mirrorl.data.samplers import CurriculumSampler, PrioritizedSampler, UniformSampler
-from mirrorl.models import save_policy
 from mirrorl.rewards.registry import RewardFn, get_reward
 from mirrorl.rollout.engine import Engine
 from mirrorl.rollout.partial import PartialRollouts, Trajectory, rollout_metrics
-from mirrorl.train.metrics import MetricsLogger, progress_bar
+from mirrorl.train.checkpoint import capture_rng, read_training_state, restore_rng
+from mirrorl.train.metrics import MetricsLogger, console, progress_bar
+from mirrorl.train.resume import Checkpointing, TrainingStopped
 from mirrorl.types import Problem, Sample
+
+
+Sampler = UniformSampler | CurriculumSampler | PrioritizedSampler
 
 
 @dataclass
 class RLResult:
-    iterations: int
+    iterations: int  # trained by this call (fewer than rl.iterations when resumed)
     final_accuracy: float  # training accuracy of the last iteration's samples
 
 
-def build_sampler(cfg: SamplerConfig, problems: Sequence[Problem], seed: int):
+def build_sampler(cfg: SamplerConfig, problems: Sequence[Problem], seed: int) -> Sampler:
     """The configured problem sampler over `problems`."""
     if cfg.name == "uniform":
         return UniformSampler(num_problems=len(problems), seed=seed)
@@ -200,20 +215,86 @@ def iteration_metrics(samples: list[Sample], num_drawn: int, num_groups: int) ->
     }
 
 
+class GuardedReward:
+    """The reward function with its exceptions caught: such a sample is dropped like a None reward.
+
+    A scorer that raises on some input must not cost the run; the errors of an iteration are
+    counted (`reward_errors`) and the first is shown. When no sample of an iteration could be
+    scored the loop stops (after a checkpoint), since training on nothing would hide a broken reward.
+    """
+
+    def __init__(self, reward_fn: RewardFn) -> None:
+        self.reward_fn = reward_fn
+        self.errors: list[str] = []
+
+    def __call__(self, response: str, problem: Problem) -> float | None:
+        try:
+            return self.reward_fn(response, problem)
+        except Exception as err:  # noqa: BLE001 - any failure of user code drops the sample, counted
+            self.errors.append(f"{type(err).__name__}: {err}".splitlines()[0])
+            return None
+
+    def take_errors(self) -> list[str]:
+        errors, self.errors = self.errors, []
+        return errors
+
+
+def problems_digest(problems: Sequence[Problem]) -> str:
+    """sha256 over the problems' ids, prompts and answers: a resumed run must draw from the same list."""
+    digest = hashlib.sha256()
+    for problem in problems:
+        digest.update(json.dumps([problem.id, problem.prompt, problem.answer]).encode())
+    return digest.hexdigest()
+
+
+def loop_state(iteration: int, accuracy: float, sampler: Sampler, rollouts: PartialRollouts, rng: random.Random,
+               digest: str) -> dict:
+    """What a checkpoint at step `iteration` holds besides the weights and the optimizer, as fresh JSON-able copies.
+
+    The weights and optimizer are saved from the live objects: an iteration changes them only in
+    its optimize phase. The length-penalty weight, the LR warm-up and the curriculum phase are not
+    stored: all three are functions of the iteration.
+    """
+    trainer = {"iteration": iteration, "accuracy": accuracy, "problems_sha256": digest,
+               "sampler": sampler.state_dict(), "rollouts": rollouts.state_dict()}
+    return {"trainer": json.loads(json.dumps(trainer)), "rng": capture_rng(loop=rng)}
+
+
+def load_loop_state(path: Path, optimizer: torch.optim.Optimizer, sampler: Sampler, rollouts: PartialRollouts,
+                    rng: random.Random, digest: str) -> dict[str, Any]:
+    """Put the checkpoint at `path` into the loop's objects (the weights are loaded with the model);
+    returns its trainer state (`iteration` to continue from, last training `accuracy`, ...)."""
+    saved = read_training_state(path, optimizer)
+    if saved.trainer["problems_sha256"] != digest:
+        raise ValueError(f"cannot resume from {path}: the training problems differ from the ones it was trained on "
+                         "(was the data file changed?)")
+    sampler.load_state_dict(saved.trainer["sampler"])
+    rollouts.load_state_dict(saved.trainer["rollouts"])
+    restore_rng(saved.rng, loop=rng)
+    return saved.trainer
+
+
 def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problems: Sequence[Problem],
-             cfg: Config, logger: MetricsLogger, checkpoint_dir: Path) -> RLResult:
-    """Run `cfg.rl.iterations` iterations of the k1.5 loop on `problems`."""
+             cfg: Config, logger: MetricsLogger, checkpointing: Checkpointing | None = None) -> RLResult:
+    """Run the k1.5 loop on `problems` up to iteration `cfg.rl.iterations` (from `checkpointing.resume` if set)."""
+    ckpt = checkpointing or Checkpointing.off()
     sampler = build_sampler(cfg.sampler, problems, cfg.run.seed)
-    reward_fn = get_reward(cfg.rl.reward)
+    reward_fn = GuardedReward(get_reward(cfg.rl.reward))
     rng = random.Random(cfg.run.seed)
     engine = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     rollouts = PartialRollouts(cfg.algo.num_samples, cfg.rl.segment_budget)
     make_optimizer = lambda: torch.optim.AdamW(model.parameters(), lr=cfg.rl.lr, betas=(0.9, 0.95), weight_decay=0.0)  # noqa: E731
     optimizer = make_optimizer()
-    accuracy = 0.0
-    with progress_bar() as bar:
-        task = bar.add_task("rl", total=cfg.rl.iterations, info="")
-        for iteration in range(cfg.rl.iterations):
+    first, accuracy, digest = 0, 0.0, problems_digest(problems)
+    if ckpt.resume is not None:
+        trainer = load_loop_state(ckpt.resume.path, optimizer, sampler, rollouts, rng, digest)
+        first, accuracy = trainer["iteration"], trainer["accuracy"]
+    with ckpt.signals(), progress_bar() as bar:
+        task = bar.add_task("rl", total=cfg.rl.iterations, completed=first, info="")
+        for iteration in range(first, cfg.rl.iterations):
+            state = loop_state(iteration, accuracy, sampler, rollouts, rng, digest)  # the start of this iteration
+            save = lambda: ckpt.save(iteration, model, optimizer, **state)  # noqa: E731
+            ckpt.boundary(iteration, first, "rl", save)  # 0. checkpoint when due, or stop when asked to
             t0 = time.perf_counter()
             for index in sampler.sample(rollouts.new_group_quota(cfg.rl.problems_per_iteration), iteration):  # 1.
                 rollouts.add(index, encode_prompt(tokenizer, problems[index].prompt, cfg.data.use_chat_template))
@@ -224,8 +305,16 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problem
             metrics.update(rollout_tokens_per_second=engine.new_tokens / (t1 - t0), time_rollout=t1 - t0)
             drawn = to_samples(ready, tokenizer)
             samples = score(drawn, problems, reward_fn, cfg.rollout.repeat.penalty)  # 3. reward
-            if drawn and not samples:
-                raise RuntimeError(f"iteration {iteration}: the reward function scored none of {len(drawn)} samples")
+            errors = reward_fn.take_errors()
+            metrics["reward_errors"] = len(errors)
+            if errors:
+                console.print(f"rl iteration {iteration}: the reward function raised on {len(errors)} of "
+                              f"{len(drawn)} samples, dropped them (first: {errors[0]})")
+            if drawn and not samples:  # nothing to learn from: stop, resumable once the reward is fixed
+                path = save()
+                cause = f"{len(errors)} raised, first: {errors[0]}" if errors else "it returned None for all"
+                raise TrainingStopped(f"rl iteration {iteration}: the reward function scored none of {len(drawn)} "
+                                      f"samples ({cause}); checkpoint saved in {path}", path, 1)
             if samples:
                 weight = add_length_rewards(samples, cfg.algo, iteration)
                 t2 = time.perf_counter()
@@ -235,7 +324,7 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problem
                     group["lr"] = cfg.rl.lr * min(1.0, (iteration + 1) / max(1, cfg.rl.lr_warmup_iterations))
                 loss_metrics = optimize(model, optimizer, samples, cfg, tokenizer.pad_token_id, rng, iteration)
                 t3 = time.perf_counter()
-                scored = group_success(samples)  # 5. log and checkpoint
+                scored = group_success(samples)  # 5. log
                 sampler.update([index for index, _ in scored.values()], [rate for _, rate in scored.values()])
                 metrics.update(iteration_metrics(samples, len(drawn), len(ready)), **loss_metrics,
                                length_penalty_weight=weight, time_reward=t2 - t1, time_optimize=t3 - t2)
@@ -244,6 +333,7 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problem
             logger.log(iteration, metrics)
             bar.update(task, advance=1, info=f"acc {accuracy:.2f} len {metrics.get('response_tokens', 0):.0f} "
                                              f"kl {metrics.get('kl', 0):.4f} buffer {metrics['buffer_trajectories']}")
-            if cfg.rl.save_every and (iteration + 1) % cfg.rl.save_every == 0:
-                save_policy(model, tokenizer, checkpoint_dir / f"iteration-{iteration + 1}")
-    return RLResult(cfg.rl.iterations, accuracy)
+        if first < cfg.rl.iterations:
+            final = loop_state(cfg.rl.iterations, accuracy, sampler, rollouts, rng, digest)
+            ckpt.save(cfg.rl.iterations, model, optimizer, **final)
+    return RLResult(cfg.rl.iterations - first, accuracy)

@@ -5,25 +5,37 @@ Batches are length-bucketed: examples are shuffled, then sorted by length inside
 batches (`sft.bucket_window`), so a batch holds sequences of similar length and less padding,
 while the order of batches stays random. The schedule is one-cycle (linear warm-up, cosine decay to 0).
 
+Resume (`checkpointing`): a checkpoint at step s holds the weights, AdamW and one-cycle scheduler
+state, the RNG states and the batch iterator's position; a resumed run trains steps s.. exactly as
+an uninterrupted one would. Resuming with a larger `sft.steps` stretches the one-cycle schedule
+from the resumed step on (its shape depends on the total).
+
 Not covered here: packing several examples into one row (bucketing already keeps padding low on
 our data), multi-GPU (see `mirrorl.train.distributed` when it exists).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel
 
 from mirrorl.algo.logprobs import sequence_logprobs
 from mirrorl.config import SFTConfig
 from mirrorl.data.encode import pad_batch
+from mirrorl.train.checkpoint import capture_rng, read_training_state, restore_rng
 from mirrorl.train.metrics import MetricsLogger, progress_bar
+from mirrorl.train.resume import Checkpointing
 
 
 @dataclass
@@ -34,25 +46,71 @@ class SFTExample:
 
 @dataclass
 class SFTResult:
-    steps: int
+    steps: int  # trained by this call (fewer than sft.steps when resumed)
     final_loss: float
     tokens_per_second: float
 
 
-def bucketed_batches(
-    examples: Sequence[SFTExample], batch_size: int, window_batches: int, rng: random.Random
-) -> Iterator[list[SFTExample]]:
-    """Endless length-bucketed batches (each example once per epoch)."""
-    while True:
-        order = list(examples)
-        rng.shuffle(order)
-        window = batch_size * window_batches
-        batches = []
-        for start in range(0, len(order), window):
-            chunk = sorted(order[start : start + window], key=lambda e: len(e.prompt_ids) + len(e.response_ids))
-            batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-        rng.shuffle(batches)
-        yield from batches
+class BucketedBatches:
+    """Endless length-bucketed batches, each example once per epoch, resumable from `state_dict()`.
+
+    One random.Random(seed) shuffles every epoch in turn. The state is that generator's state at
+    the start of the current epoch and the position in it: loading it rebuilds the epoch (drawing
+    from the generator exactly as the first time) and continues at the next batch, so a resumed
+    run sees the batches of an uninterrupted one, across epoch boundaries too.
+    """
+
+    def __init__(self, examples: Sequence[SFTExample], batch_size: int, window_batches: int, seed: int) -> None:
+        self.examples, self.batch_size, self.window = list(examples), batch_size, batch_size * window_batches
+        self.rng = random.Random(seed)
+        self.epoch_start = self.rng.getstate()
+        self.epoch, self.position = -1, 0
+        self.batches: list[list[SFTExample]] = []
+
+    def _build_epoch(self) -> None:
+        order = list(self.examples)
+        self.rng.shuffle(order)
+        self.batches = []
+        for start in range(0, len(order), self.window):
+            chunk = sorted(order[start : start + self.window], key=lambda e: len(e.prompt_ids) + len(e.response_ids))
+            self.batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        self.rng.shuffle(self.batches)
+
+    def __iter__(self) -> Iterator[list[SFTExample]]:
+        return self
+
+    def __next__(self) -> list[SFTExample]:
+        if self.position >= len(self.batches):
+            self.epoch_start = self.rng.getstate()
+            self._build_epoch()
+            self.epoch, self.position = self.epoch + 1, 0
+        self.position += 1
+        return self.batches[self.position - 1]
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """sha256 over the examples' token ids: a resumed run must batch the same examples."""
+        digest = hashlib.sha256()
+        for example in self.examples:
+            for ids in (example.prompt_ids, example.response_ids, [-1]):  # -1 separates the fields
+                digest.update(np.asarray(ids, dtype=np.int64).tobytes())
+        return digest.hexdigest()
+
+    def state_dict(self) -> dict[str, Any]:
+        version, internal, gauss_next = self.epoch_start
+        return {"epoch": self.epoch, "position": self.position, "num_examples": len(self.examples),
+                "examples_sha256": self.digest, "rng_at_epoch_start": [version, list(internal), gauss_next]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["num_examples"] != len(self.examples) or state["examples_sha256"] != self.digest:
+            raise ValueError(f"the SFT batch state was saved over other examples ({state['num_examples']}); "
+                             f"the data now gives {len(self.examples)} (was the data file changed?)")
+        version, internal, gauss_next = state["rng_at_epoch_start"]
+        self.epoch_start = (version, tuple(internal), gauss_next)
+        self.rng.setstate(self.epoch_start)
+        self.batches, self.epoch, self.position = [], state["epoch"], state["position"]
+        if self.epoch >= 0:
+            self._build_epoch()
 
 
 def one_cycle(step: int, total: int, warmup_ratio: float) -> float:
@@ -79,20 +137,34 @@ def train_sft(
     pad_id: int,
     logger: MetricsLogger,
     seed: int,
+    checkpointing: Checkpointing | None = None,
 ) -> SFTResult:
-    """Run `cfg.steps` optimizer steps of long-CoT SFT on `examples`."""
+    """Run `cfg.steps` optimizer steps of long-CoT SFT on `examples` (from `checkpointing.resume` if set)."""
     kept = [e for e in examples if len(e.prompt_ids) + len(e.response_ids) <= cfg.max_len]
     if not kept:
         raise ValueError(f"no SFT example fits sft.max_len={cfg.max_len} tokens")
+    ckpt = checkpointing or Checkpointing.off()
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: one_cycle(s, cfg.steps, cfg.warmup_ratio))
-    batches = bucketed_batches(kept, cfg.batch_size, cfg.bucket_window, random.Random(seed))
+    batches = BucketedBatches(kept, cfg.batch_size, cfg.bucket_window, seed)
+    first, loss_value = 0, float("nan")
+    if ckpt.resume is not None:
+        state = read_training_state(ckpt.resume.path, optimizer, schedule)
+        first, loss_value = state.trainer["step"], state.trainer["loss"]
+        batches.load_state_dict(state.trainer["batches"])
+        restore_rng(state.rng)
+
+    def save(step: int) -> Path | None:
+        trainer = {"step": step, "loss": loss_value, "batches": batches.state_dict()}
+        return ckpt.save(step, model, optimizer, trainer, capture_rng(), schedule)
+
     model.train()
-    start, seen_tokens, loss_value = time.perf_counter(), 0, float("nan")
-    with progress_bar() as bar:
-        task = bar.add_task("sft", total=cfg.steps, info="")
-        for step in range(cfg.steps):
+    start, seen_tokens = time.perf_counter(), 0
+    with ckpt.signals(), progress_bar() as bar:
+        task = bar.add_task("sft", total=cfg.steps, completed=first, info="")
+        for step in range(first, cfg.steps):
+            ckpt.boundary(step, first, "sft", lambda: save(step))
             loss, num_tokens = sft_loss(model, next(batches), pad_id, device)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -107,5 +179,7 @@ def train_sft(
                 "tokens_per_second": seen_tokens / elapsed,
             })
             bar.update(task, advance=1, info=f"loss {loss_value:.3f}")
+        if first < cfg.steps:
+            save(cfg.steps)
     model.eval()
-    return SFTResult(cfg.steps, loss_value, seen_tokens / (time.perf_counter() - start))
+    return SFTResult(cfg.steps - first, loss_value, seen_tokens / (time.perf_counter() - start))
