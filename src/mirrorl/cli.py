@@ -6,6 +6,8 @@
     mirrorl eval -c configs/demo.yaml eval.checkpoint=runs/demo/rl/final
     mirrorl rl  -c configs/demo.yaml --resume     # continue from the newest checkpoint
     mirrorl sandbox run solution.py tests.jsonl   # one program against tests, verdict as JSON
+    mirrorl gen-tests problems.jsonl kept.jsonl --generator gen.py
+    mirrorl train-rm rm.train_path=pairs.jsonl    # value-head reward model
 
 Bad input (config, data, model path) ends with one line saying what and where, exit code 2; a
 failed save or other I/O error, exit code 1; SIGINT/SIGTERM during training writes a checkpoint
@@ -178,6 +180,69 @@ def sandbox_run(
         raise ValueError(f"sandbox limit {problem['loc'][0]}={problem['input']!r}: {problem['msg']}") from None
     result = run_cli(program, tests, language, limits, float_tolerance, backend)  # type: ignore[arg-type]
     sys.stdout.write(json.dumps(result) + "\n")
+
+
+@app.command("train-rm")
+@_user_errors
+def train_rm(config: ConfigOption = None, overrides: Overrides = None) -> None:
+    """Train a value-head reward model (k1.5 sec. 2.3.5) on rm.train_path; prints held-out accuracy as JSON."""
+    from mirrorl.config import dump_config
+    from mirrorl.models import TinyModelSpec, pick_device, pick_dtype
+    from mirrorl.recipes import prepare
+    from mirrorl.rewards.reward_models.value_head import load_rm_data, train_reward_model
+    from mirrorl.train.metrics import MetricsLogger
+
+    cfg = _config(config, overrides)
+    train_rows, eval_rows = load_rm_data(cfg.rm, cfg.run.seed)  # bad data fails before the run directory changes
+    out = prepare(cfg)
+    device = pick_device(cfg.run.device)
+    m = cfg.model
+    tiny = TinyModelSpec(m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size, m.max_positions)
+    (out / "rm").mkdir(exist_ok=True)
+    (out / "rm" / "config.yaml").write_text(dump_config(cfg))
+    logger = MetricsLogger(out, "rm", cfg.run.tensorboard, cfg.run.wandb)
+    try:
+        result = train_reward_model(cfg.rm, train_rows, eval_rows, out / "rm" / "final", tiny, cfg.run.seed,
+                                    device, pick_dtype(cfg.run.dtype, device), logger)
+    finally:
+        logger.close()
+    sys.stdout.write(json.dumps(result.summary()) + "\n")
+
+
+@app.command("gen-tests")
+@_user_errors
+def gen_tests_command(
+    problems: Annotated[Path, typer.Argument(help="JSON lines: id, statement, solutions [{language, source}], generator?")],
+    out: Annotated[Path, typer.Argument(help="Where the kept problems go, with meta.tests (JSON lines).")],
+    report: Annotated[Path | None, typer.Option(help="The report (JSON); default OUT with suffix .report.json.")] = None,
+    generator: Annotated[Path | None, typer.Option(help="CYaRon generator for rows without one, or a dir of <id>.py.")] = None,
+    model: Annotated[str | None, typer.Option(help="HF causal LM dir that writes generators for rows still without one.")] = None,
+    num_inputs: Annotated[int, typer.Option(help="Generator runs per problem.")] = 50,
+    num_solutions: Annotated[int, typer.Option(help="Solutions run per problem, chosen at random.")] = 10,
+    min_agree: Annotated[int, typer.Option(help="A test is kept when this many solutions agree on its output.")] = 7,
+    min_passing: Annotated[int, typer.Option(help="A problem is kept when this many solutions pass all its tests.")] = 9,
+    min_tests: Annotated[int, typer.Option(help="A problem is kept only with this many tests.")] = 40,
+    seed: Annotated[int, typer.Option(help="Seeds the choice of solutions and the generator seeds.")] = 0,
+    workers: Annotated[int, typer.Option(help="Sandboxes run at once; 0 means one per CPU core.")] = 0,
+    wall_seconds: Annotated[float, typer.Option(help="Wall-clock deadline of each run (generator or solution).")] = 4.0,
+    max_new_tokens: Annotated[int, typer.Option(help="--model: longest generator it may write, in tokens.")] = 1024,
+    temperature: Annotated[float, typer.Option(help="--model: sampling temperature; 0 is greedy.")] = 0.0,
+    device: Annotated[str, typer.Option(help="--model: auto, cpu, cuda...")] = "auto",
+    backend: Annotated[str, typer.Option(help="Sandbox: auto, bubblewrap or none.")] = "auto",
+) -> None:
+    """Generate test cases for code problems: CYaRon generator, majority vote of solutions (k1.5 sec. 2.3.5)."""
+    from mirrorl.rewards.testgen import gen_tests_cli
+
+    if backend not in ("auto", "bubblewrap", "none"):
+        raise ValueError(f"--backend {backend!r}: expected auto, bubblewrap or none")
+    settings = {"num_inputs": num_inputs, "num_solutions": num_solutions, "min_agree": min_agree,
+                "min_passing": min_passing, "min_tests": min_tests, "seed": seed, "num_workers": workers,
+                "limits": {"wall_seconds": wall_seconds},
+                "sampling": {"temperature": temperature, "max_new_tokens": max_new_tokens, "batch_size": 16}}
+    report = report or out.with_suffix(".report.json")
+    result = gen_tests_cli(problems, out, report, generator, model, device=device, backend=backend, **settings)  # type: ignore[arg-type]
+    summary = {key: result[key] for key in ("num_problems", "num_kept", "num_tests", "reasons")}
+    sys.stdout.write(json.dumps({**summary, "report": str(report)}) + "\n")
 
 
 @app.command("config")

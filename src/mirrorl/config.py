@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mirrorl.rewards.math_reward import MathRewardConfig
+from mirrorl.rewards.reward_models.common import CoTRMConfig, RMTrainConfig, ValueHeadRMConfig
 
 
 class _Section(BaseModel):
@@ -74,7 +75,7 @@ class DataConfig(_Section):
 class SFTConfig(_Section):
     """Long-CoT supervised warm-up (k1.5 sec. 2.2); the loss covers response tokens only."""
 
-    steps: int = Field(300, ge=1, description="Optimizer steps.")
+    steps: int = Field(500, ge=1, description="Optimizer steps.")
     batch_size: int = Field(64, ge=1, description="Sequences per step (length-bucketed).")
     lr: float = Field(3e-3, gt=0, description="Peak learning rate (one-cycle: warm-up then cosine decay).")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps spent warming up.")
@@ -153,7 +154,7 @@ class RLConfig(_Section):
     """The RL iteration loop: sample problems, roll out, reward, optimize, log, checkpoint."""
 
     init_from: str | None = Field(None, description="Policy to start from; None uses the SFT output of the run.")
-    iterations: int = Field(80, ge=1, description="Mirror-descent iterations; pi_i is refreshed each one.")
+    iterations: int = Field(60, ge=1, description="Mirror-descent iterations; pi_i is refreshed each one.")
     problems_per_iteration: int = Field(16, ge=1, description="Problems per iteration (each gets k samples).")
     grad_steps: int = Field(2, ge=1, description="Optimizer steps per iteration (all after the first off-policy).")
     lr: float = Field(3e-5, gt=0, description="Learning rate (not given by the report).")
@@ -194,6 +195,8 @@ class RewardsConfig(_Section):
     """Reward services (k1.5 sec. 2.3.5)."""
 
     math: MathRewardConfig = Field(default_factory=MathRewardConfig, description="Rule-based math answer verifier.")
+    cot_rm: CoTRMConfig = Field(default_factory=CoTRMConfig, description="Reward 'cot_rm': the Chain-of-Thought judge.")
+    value_rm: ValueHeadRMConfig = Field(default_factory=ValueHeadRMConfig, description="Reward 'value_rm'.")
 
 
 class CheckpointConfig(_Section):
@@ -217,6 +220,7 @@ class Config(_Section):
     rl: RLConfig = Field(default_factory=RLConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     rewards: RewardsConfig = Field(default_factory=RewardsConfig)
+    rm: RMTrainConfig = Field(default_factory=RMTrainConfig, description="`mirrorl train-rm`: a value-head RM.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
 

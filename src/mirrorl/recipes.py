@@ -147,7 +147,7 @@ def run_sft(cfg: Config, start: Start = "new") -> Path:
 
 def run_rl(cfg: Config, start: Start = "new") -> Path:
     """RL from `rl.init_from`, else the run's SFT output, else `model.path`; returns the saved policy."""
-    get_reward(cfg.rl.reward)  # a misspelt reward fails before any work
+    get_reward(cfg.rl.reward, cfg.rewards)  # a misspelt reward fails before any work
     out = prepare(cfg)
     resume = _phase_start(cfg, "rl", start, cfg.rl.iterations)
     if resume is not None:
@@ -174,7 +174,7 @@ def run_eval(cfg: Config, checkpoint: str | Path, name: str) -> EvalResult:
     out = prepare(cfg)
     model, tokenizer = open_policy(cfg, checkpoint)
     problems = load_split(cfg.data, "eval", cfg.run.seed)
-    result = evaluate(model, tokenizer, problems, get_reward(cfg.rl.reward), cfg.eval, cfg.rollout,
+    result = evaluate(model, tokenizer, problems, get_reward(cfg.rl.reward, cfg.rewards), cfg.eval, cfg.rollout,
                       cfg.data.use_chat_template, cfg.run.seed)
     (out / f"eval_{name}.json").write_text(json.dumps({"checkpoint": str(checkpoint), **result.as_dict()}, indent=2))
     greedy = "-" if result.greedy_accuracy is None else f"{result.greedy_accuracy:.3f}"

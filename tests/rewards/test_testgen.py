@@ -315,3 +315,22 @@ def test_model_written_generator_plumbing(tmp_path):
     assert (problem["reason"], problem["generator"]) == ("generator_failed", "model")
     assert "no ```python block" in problem["detail"]
     assert (tmp_path / "o.jsonl").read_text() == ""
+
+
+def test_mirrorl_gen_tests_command_prints_the_summary_and_rejects_a_missing_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from mirrorl.cli import app
+
+    correct = "a, b = map(int, input().split())\nprint(a + b)\n"
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text(json.dumps(sum_row("sum", [correct] * 3)) + "\n")
+    args = ["gen-tests", str(problems), str(tmp_path / "kept.jsonl"), "--num-inputs", "6", "--num-solutions", "3",
+            "--min-agree", "3", "--min-passing", "3", "--min-tests", "3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (summary["num_problems"], summary["num_kept"]) == (1, 1) and summary["num_tests"] >= 3
+    assert (tmp_path / "kept.report.json").is_file()
+    missing = CliRunner().invoke(app, ["gen-tests", str(tmp_path / "nope.jsonl"), str(tmp_path / "k.jsonl")])
+    assert missing.exit_code == 2 and "nope.jsonl" in missing.output

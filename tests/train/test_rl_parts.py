@@ -1,7 +1,7 @@
 """Pieces of the RL loop on hand-made samples: scoring drops unscorable samples, group success, length reward."""
 
 from mirrorl.config import AlgoConfig, LengthPenaltyConfig
-from mirrorl.train.rl import add_length_rewards, group_success, score
+from mirrorl.train.rl import GuardedReward, add_length_rewards, group_success, score
 from mirrorl.types import Problem, Sample
 
 
@@ -54,3 +54,31 @@ def test_a_raising_reward_drops_the_sample_and_is_counted():
     assert [(s.text, s.reward) for s in kept] == [("answer:4", 1.0)]
     assert guarded.take_errors() == ["ValueError: no such field"] * 2  # first line only
     assert guarded.take_errors() == []  # counted per iteration
+
+
+class BatchJudge:
+    """A reward with a batch call, like the reward models: counts how often each path is used."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail, self.batch_calls, self.single_calls = fail, 0, 0
+
+    def __call__(self, text, problem):
+        self.single_calls += 1
+        return 1.0
+
+    def score_batch(self, items):
+        self.batch_calls += 1
+        if self.fail:
+            raise RuntimeError("judge crashed\nsecond line")
+        return [float(text == "answer:4") for text, _ in items]
+
+
+def test_score_judges_a_batch_in_one_call_and_a_crashed_batch_drops_every_sample():
+    problems = [Problem(id="p", prompt="q", answer="4")]
+    judge = BatchJudge()
+    kept = score([_sample(0, "answer:4", 3), _sample(0, "answer:5", 3)], problems, GuardedReward(judge))
+    assert [s.reward for s in kept] == [1.0, 0.0]
+    assert (judge.batch_calls, judge.single_calls) == (1, 0)
+    guarded = GuardedReward(BatchJudge(fail=True))
+    assert score([_sample(0, "answer:4", 3), _sample(0, "x", 3)], problems, guarded) == []
+    assert guarded.take_errors() == ["RuntimeError: judge crashed"] * 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
+from mirrorl.config import RewardsConfig
 from mirrorl.data import tasks
 from mirrorl.rewards.math_reward import math_problem_reward
 from mirrorl.rewards.sandbox import code_reward
@@ -31,13 +32,36 @@ def chain_sum_reward(response: str, problem: Problem) -> float:
 REWARDS: dict[str, RewardFn] = {"chain_sum": chain_sum_reward, "math": math_problem_reward, "code": code_reward}
 
 
-def get_reward(name: str) -> RewardFn:
-    """A registered reward, or 'package.module:function' imported from the user's code."""
+def _cot_rm(rewards: RewardsConfig) -> RewardFn:
+    from mirrorl.rewards.reward_models.cot import CoTRewardModel
+
+    if rewards.cot_rm.path is None:
+        raise ValueError("rl.reward=cot_rm needs rewards.cot_rm.path=DIR, a causal LM that ends with a JSON verdict")
+    return CoTRewardModel(rewards.cot_rm)
+
+
+def _value_rm(rewards: RewardsConfig) -> RewardFn:
+    from mirrorl.rewards.reward_models.value_head import ValueHeadReward
+
+    if rewards.value_rm.path is None:
+        raise ValueError("rl.reward=value_rm needs rewards.value_rm.path=DIR, e.g. the output of `mirrorl train-rm`")
+    return ValueHeadReward(rewards.value_rm)
+
+
+# Rewards that hold a model: built from their config section; the model loads on the first call.
+REWARD_MODELS: dict[str, Callable[[RewardsConfig], RewardFn]] = {"cot_rm": _cot_rm, "value_rm": _value_rm}
+
+
+def get_reward(name: str, rewards: RewardsConfig | None = None) -> RewardFn:
+    """A registered reward, a reward model set up by `rewards` (None: defaults), or 'package.module:function'."""
     if name in REWARDS:
         return REWARDS[name]
+    if name in REWARD_MODELS:
+        return REWARD_MODELS[name](rewards or RewardsConfig())
     module_name, sep, attr = name.partition(":")
     if not sep:
-        raise ValueError(f"rl.reward={name!r}: not a registered reward ({', '.join(REWARDS)}) nor 'module:function'")
+        known = ", ".join([*REWARDS, *REWARD_MODELS])
+        raise ValueError(f"rl.reward={name!r}: not a registered reward ({known}) nor 'module:function'")
     try:
         function = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:

@@ -100,9 +100,11 @@ def to_samples(groups: Sequence[Sequence[Trajectory]], tokenizer: PreTrainedToke
 def score(samples: list[Sample], problems: Sequence[Problem], reward_fn: RewardFn,
           repeat_penalty: float = 0.0) -> list[Sample]:
     """Fill correctness rewards (minus the repeat penalty); return only the samples that could be scored."""
+    items = [(sample.text, problems[sample.problem_index]) for sample in samples]
+    score_batch = getattr(reward_fn, "score_batch", None)  # a reward model judges the whole batch in one call
+    values = score_batch(items) if score_batch is not None else [reward_fn(*item) for item in items]
     kept = []
-    for sample in samples:
-        value = reward_fn(sample.text, problems[sample.problem_index])
+    for sample, value in zip(samples, values):
         if value is None:
             continue
         sample.correct = value >= 1.0
@@ -234,6 +236,17 @@ class GuardedReward:
             self.errors.append(f"{type(err).__name__}: {err}".splitlines()[0])
             return None
 
+    def score_batch(self, items: Sequence[tuple[str, Problem]]) -> list[float | None]:
+        """The reward's own batch call when it has one (reward models), else one call per item."""
+        batch = getattr(self.reward_fn, "score_batch", None)
+        if batch is None:
+            return [self(*item) for item in items]
+        try:
+            return list(batch(items))
+        except Exception as err:  # noqa: BLE001 - as in __call__, for every item of the batch
+            self.errors += [f"{type(err).__name__}: {err}".splitlines()[0]] * len(items)
+            return [None] * len(items)
+
     def take_errors(self) -> list[str]:
         errors, self.errors = self.errors, []
         return errors
@@ -279,7 +292,7 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problem
     """Run the k1.5 loop on `problems` up to iteration `cfg.rl.iterations` (from `checkpointing.resume` if set)."""
     ckpt = checkpointing or Checkpointing.off()
     sampler = build_sampler(cfg.sampler, problems, cfg.run.seed)
-    reward_fn = GuardedReward(get_reward(cfg.rl.reward))
+    reward_fn = GuardedReward(get_reward(cfg.rl.reward, cfg.rewards))
     rng = random.Random(cfg.run.seed)
     engine = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     rollouts = PartialRollouts(cfg.algo.num_samples, cfg.rl.segment_budget)
