@@ -154,7 +154,7 @@ class RLConfig(_Section):
     """The RL iteration loop: sample problems, roll out, reward, optimize, log, checkpoint."""
 
     init_from: str | None = Field(None, description="Policy to start from; None uses the SFT output of the run.")
-    iterations: int = Field(45, ge=1, description="Mirror-descent iterations; pi_i is refreshed each one.")
+    iterations: int = Field(60, ge=1, description="Mirror-descent iterations; pi_i is refreshed each one.")
     problems_per_iteration: int = Field(16, ge=1, description="Problems per iteration (each gets k samples).")
     grad_steps: int = Field(2, ge=1, description="Optimizer steps per iteration (all after the first off-policy).")
     lr: float = Field(3e-5, gt=0, description="Learning rate (not given by the report).")

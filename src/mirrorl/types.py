@@ -39,6 +39,7 @@ class Sample:
     finish_reason: str  # "stop" | "length" | "budget" | "repeat"
     group_id: int = 0  # the k samples of one draw of a problem share it
     versions: list[int] = field(default_factory=list)  # per response token: the iteration whose policy made it
+    logprobs: list[float] = field(default_factory=list)  # per response token: log-prob under that policy
     text: str = ""
     correct: bool = False
     reward: float = 0.0  # correctness reward (before the length reward)

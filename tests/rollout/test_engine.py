@@ -123,3 +123,28 @@ def test_a_weight_update_is_seen_by_the_next_call_without_copying(policy):
     finally:
         with torch.no_grad():
             weight.copy_(saved)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gpt2"])
+def test_other_model_families_decode_like_the_naive_decoder(policy, family):
+    from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+    _, tokenizer, prompts, colon = policy
+    vocab = len(tokenizer)
+    if family == "qwen2":
+        config = Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+        model = Qwen2ForCausalLM(config)
+    else:
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=256))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.dim() > 1:
+                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.3)
+    model.eval()
+    params = SamplingConfig(temperature=0, max_new_tokens=20, batch_size=3, stop_token_ids=[colon], repeat=NO_REPEAT)
+    out = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id).generate(
+        [Request(p) for p in prompts], params, seed=0)
+    expected = [naive_greedy(model, p, {colon, tokenizer.eos_token_id}, 20) for p in prompts]
+    assert [(c.token_ids, c.finish_reason) for c in out] == expected

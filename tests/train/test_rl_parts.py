@@ -1,7 +1,10 @@
 """Pieces of the RL loop on hand-made samples: scoring drops unscorable samples, group success, length reward."""
 
+import torch
+
 from mirrorl.config import AlgoConfig, LengthPenaltyConfig
-from mirrorl.train.rl import GuardedReward, add_length_rewards, group_success, score
+from mirrorl.data.encode import pad_batch
+from mirrorl.train.rl import GuardedReward, add_length_rewards, group_success, mask_older_segments, score
 from mirrorl.types import Problem, Sample
 
 
@@ -82,3 +85,33 @@ def test_score_judges_a_batch_in_one_call_and_a_crashed_batch_drops_every_sample
     guarded = GuardedReward(BatchJudge(fail=True))
     assert score([_sample(0, "answer:4", 3), _sample(0, "x", 3)], problems, guarded) == []
     assert guarded.take_errors() == ["RuntimeError: judge crashed"] * 2
+
+
+def test_newest_only_training_masks_the_tokens_of_earlier_iterations():
+    continued = Sample(problem_index=0, prompt_ids=[1, 2], response_ids=[5, 6, 7, 8], finish_reason="stop",
+                       versions=[3, 3, 4, 4])
+    fresh = Sample(problem_index=1, prompt_ids=[1], response_ids=[9, 9], finish_reason="stop", versions=[4, 4])
+    batch = pad_batch([continued.prompt_ids, fresh.prompt_ids], [continued.response_ids, fresh.response_ids], 0,
+                      torch.device("cpu"))
+    mask_older_segments(batch, [continued, fresh], iteration=4)
+    # position t predicts token t+1: the continued row's responses sit at positions 1..4, the fresh row's at 0..1
+    assert batch.response_mask.tolist() == [[0, 0, 0, 1, 1], [1, 1, 0, 0, 0]]
+
+
+def test_reference_logprobs_from_the_engine_equal_a_forward_pass():
+    from mirrorl.config import SamplingConfig
+    from mirrorl.models import TinyModelSpec, build_tiny
+    from mirrorl.rollout.engine import Engine, Request
+    from mirrorl.train.rl import reference_logprobs
+
+    model, tokenizer = build_tiny(TinyModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), 0)
+    prompts = [tokenizer.encode(text) for text in ("a=1 b=2.", "a=3.", "a=9 b=9 c=9.")]
+    out = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id).generate(
+        [Request(p) for p in prompts], SamplingConfig(max_new_tokens=12, repeat={"enabled": False}), seed=0)
+    samples = [Sample(problem_index=0, prompt_ids=p, response_ids=c.token_ids, finish_reason=c.finish_reason,
+                      versions=[5] * len(c.token_ids), logprobs=c.logprobs) for p, c in zip(prompts, out)]
+    batch = pad_batch([s.prompt_ids for s in samples], [s.response_ids for s in samples], 0, torch.device("cpu"))
+    from_engine = reference_logprobs(model, batch, samples, iteration=5, chunk_size=16)
+    recomputed = reference_logprobs(model, batch, samples, iteration=6, chunk_size=16)  # older tokens: a forward
+    assert torch.allclose(from_engine * batch.response_mask, recomputed * batch.response_mask, atol=1e-5)
+    assert batch.response_mask.sum() == sum(len(s.response_ids) for s in samples)

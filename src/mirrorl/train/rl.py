@@ -8,9 +8,9 @@ Each iteration i reads top to bottom:
                 whole responses); the groups whose k members have all finished come out;
   3. reward   - the verifier scores them; the k1.5 length reward is added (sec. 2.3.3), and the
                 repeat penalty to responses stopped for looping;
-  4. optimize - log pi_i is computed once for whole trajectories (theta == theta_i before the
-                first step; tokens written by earlier policies train unless `train_tokens` is
-                "newest"), then
+  4. optimize - log pi_i of whole trajectories: the engine's log-probs when pi_i sampled every
+                token, else one forward pass (theta == theta_i before the first step); tokens
+                written by earlier policies train unless `train_tokens` is "newest"; then
                 `grad_steps` optimizer steps on mini-batches of whole groups minimise the chosen
                 loss; every step after the first is off-policy, as in the report. The optimizer
                 is reset at the start of the iteration (configurable), and theta_{i+1} becomes
@@ -92,7 +92,7 @@ def to_samples(groups: Sequence[Sequence[Trajectory]], tokenizer: PreTrainedToke
     return [
         Sample(problem_index=t.problem_index, prompt_ids=t.prompt_ids, response_ids=t.response_ids,
                finish_reason=t.finish_reason or "budget", group_id=t.group_id, versions=t.versions,
-               text=tokenizer.decode(t.response_ids, skip_special_tokens=True))
+               logprobs=t.logprobs, text=tokenizer.decode(t.response_ids, skip_special_tokens=True))
         for group in groups for t in group
     ]
 
@@ -136,18 +136,34 @@ def _select(batch: PaddedBatch, rows: torch.Tensor) -> PaddedBatch:
 
 
 @torch.no_grad()
-def reference_logprobs(model: PreTrainedModel, batch: PaddedBatch, chunk_size: int, micro: int = 64):
-    """log pi_i of every token and the policy's mean entropy over response tokens."""
-    logprobs, entropy_sum = [], 0.0
+def reference_logprobs(model: PreTrainedModel, batch: PaddedBatch, samples: Sequence[Sample], iteration: int,
+                       chunk_size: int, micro: int = 64) -> torch.Tensor:
+    """log pi_i [N, T-1] of every token of whole trajectories.
+
+    When every token was sampled by pi_i itself (full rollouts, or a trajectory finished within one
+    segment) these are the log-probs the engine returned with the tokens, computed from the same
+    weights; otherwise (tokens from earlier policies) one forward pass recomputes them.
+    """
+    ref = torch.zeros(batch.response_mask.shape, device=batch.input_ids.device)  # [N, T-1]
+    if all(v == iteration for s in samples for v in s.versions) and all(len(s.logprobs) == len(s.response_ids)
+                                                                         for s in samples):
+        for row, sample in enumerate(samples):
+            start = len(sample.prompt_ids) - 1
+            ref[row, start : start + len(sample.logprobs)] = torch.tensor(sample.logprobs)
+        return ref
     for start in range(0, batch.input_ids.shape[0], micro):
         rows = torch.arange(start, min(start + micro, batch.input_ids.shape[0]))
         sub = _select(batch, rows)
-        out = sequence_logprobs(model, sub.input_ids, sub.attention_mask, chunk_size, with_entropy=True)
-        full = torch.zeros(len(rows), batch.input_ids.shape[1] - 1, device=batch.input_ids.device)
-        full[:, : out.logprobs.shape[1]] = out.logprobs
-        logprobs.append(full)
-        entropy_sum += float((out.entropy * sub.response_mask).sum())
-    return torch.cat(logprobs), entropy_sum / max(1.0, float(batch.response_mask.sum()))
+        out = sequence_logprobs(model, sub.input_ids, sub.attention_mask, chunk_size)
+        ref[rows, : out.logprobs.shape[1]] = out.logprobs
+    return ref
+
+
+def mask_older_segments(batch: PaddedBatch, samples: Sequence[Sample], iteration: int) -> None:
+    """Zero the loss mask of response tokens written by earlier policies: they stay as context only."""
+    for row, sample in enumerate(samples):
+        older = [len(sample.prompt_ids) - 1 + j for j, version in enumerate(sample.versions) if version != iteration]
+        batch.response_mask[row, older] = 0.0
 
 
 def optimize(model: PreTrainedModel, optimizer: torch.optim.Optimizer, samples: list[Sample], cfg: Config,
@@ -155,11 +171,9 @@ def optimize(model: PreTrainedModel, optimizer: torch.optim.Optimizer, samples: 
     """`grad_steps` optimizer steps on mini-batches of whole groups; returns averaged loss metrics."""
     device = next(model.parameters()).device
     batch = pad_batch([s.prompt_ids for s in samples], [s.response_ids for s in samples], pad_id, device)
-    if cfg.rl.train_tokens == "newest":  # tokens from earlier policies give context but no gradient
-        for row, sample in enumerate(samples):
-            old = [len(sample.prompt_ids) - 1 + j for j, v in enumerate(sample.versions) if v != iteration]
-            batch.response_mask[row, old] = 0.0
-    ref, entropy = reference_logprobs(model, batch, cfg.rl.logprob_chunk_size)  # [N, T-1]
+    if cfg.rl.train_tokens == "newest":
+        mask_older_segments(batch, samples, iteration)
+    ref = reference_logprobs(model, batch, samples, iteration, cfg.rl.logprob_chunk_size)  # [N, T-1]
     rewards = torch.tensor([s.reward + s.length_reward for s in samples], device=device)  # [N]
     correct = torch.tensor([s.correct for s in samples], device=device)  # [N]
     group_ids = torch.tensor([s.group_id for s in samples], device=device)  # [N]
@@ -169,13 +183,17 @@ def optimize(model: PreTrainedModel, optimizer: torch.optim.Optimizer, samples: 
     rng.shuffle(groups)
     num_steps = min(cfg.rl.grad_steps, len(groups))
     totals: Counter[str] = Counter()
+    entropy_sum = 0.0
     model.train()
     for step in range(num_steps):
         chosen = torch.tensor(groups[step::num_steps], device=device)
         rows = torch.nonzero(torch.isin(group_ids, chosen)).squeeze(1)
         sub = _select(batch, rows)
         width = sub.response_mask.shape[1]
-        logprobs = sequence_logprobs(model, sub.input_ids, sub.attention_mask, cfg.rl.logprob_chunk_size).logprobs
+        current = sequence_logprobs(model, sub.input_ids, sub.attention_mask, cfg.rl.logprob_chunk_size,
+                                    with_entropy=True)
+        logprobs = current.logprobs
+        entropy_sum += float((current.entropy * sub.response_mask).sum())
         out = LOSSES[cfg.algo.loss](
             LossInputs(logprobs=logprobs, ref_logprobs=ref[rows, :width], mask=sub.response_mask,
                        rewards=rewards[rows], correct=correct[rows], group_ids=group_ids[rows]),
@@ -187,6 +205,7 @@ def optimize(model: PreTrainedModel, optimizer: torch.optim.Optimizer, samples: 
         optimizer.zero_grad(set_to_none=True)
         totals.update({**out.metrics, "grad_norm": float(grad_norm)})
     model.eval()
+    entropy = entropy_sum / max(1.0, float(batch.response_mask.sum()))  # of the policy as it was being updated
     return {**{k: v / num_steps for k, v in totals.items()}, "entropy": entropy}
 
 
