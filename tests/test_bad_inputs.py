@@ -120,7 +120,7 @@ CASES = {
     "eval_without_model": (["eval"], 2, "eval needs a model: set eval.checkpoint=DIR (or model.path=DIR)"),
     # rewards
     "unknown_reward": (["rl", "rl.reward=chain_summ"], 2,
-                       "rl.reward='chain_summ': not a registered reward (chain_sum, math, code, cot_rm, value_rm) nor 'module:function'"),
+                       "rl.reward='chain_summ': not a registered reward (chain_sum, code, math, cot_rm, value_rm) nor 'module:function'"),
     "reward_module_not_importable": (["rl", "rl.reward=no_such_module:score"], 2,
                                      "rl.reward='no_such_module:score': cannot import it (No module named "
                                      "'no_such_module')"),

@@ -252,3 +252,15 @@ def test_math_reward_function():
     assert math_reward(r"... so $x = \boxed{\dfrac{1}{2}}$.", "0.5") == 1.0
     assert math_reward("The answer is 7.", "8") == 0.0
     assert math_reward(r"\boxed{2^{2^{2^{2^{100}}}}}", "8") is None
+
+
+def test_registry_math_reward_uses_the_runs_settings_and_scores_a_batch():
+    from mirrorl.config import RewardsConfig
+    from mirrorl.rewards.registry import get_reward
+    from mirrorl.types import Problem
+
+    reward = get_reward("math", RewardsConfig())
+    problem = Problem(id="p", prompt="q", answer="1/2")
+    assert reward.config == RewardsConfig().math
+    assert reward.score_batch([(r"so \boxed{0.5}", problem), ("The answer is 3.", problem)]) == [1.0, 0.0]
+    assert reward(r"\boxed{\frac{2}{4}}", problem) == 1.0

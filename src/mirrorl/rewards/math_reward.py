@@ -458,3 +458,26 @@ def math_reward(response: str, reference: str) -> float | None:
 def math_problem_reward(response: str, problem: Problem) -> float | None:
     """Registry form (response, Problem) -> reward: checks against problem.answer."""
     return math_reward(response, problem.answer)
+
+
+class MathProblemReward:
+    """The 'math' reward with the run's `rewards.math` settings; the RL loop scores a batch at once.
+
+    The verifier (its worker processes) starts on the first call, so building the reward at start
+    costs nothing.
+    """
+
+    def __init__(self, config: MathRewardConfig) -> None:
+        self.config = config
+        self._verifier: MathVerifier | None = None
+
+    def _get(self) -> MathVerifier:
+        if self._verifier is None:
+            self._verifier = MathVerifier(self.config)
+        return self._verifier
+
+    def __call__(self, response: str, problem: Problem) -> float | None:
+        return reward_from_verdicts([self._get().verify(response, problem.answer)])[0]
+
+    def score_batch(self, items: Sequence[tuple[str, Problem]]) -> list[float | None]:
+        return reward_from_verdicts(self._get().verify_batch([(text, problem.answer) for text, problem in items]))

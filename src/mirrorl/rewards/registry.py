@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from mirrorl.config import RewardsConfig
 from mirrorl.data import tasks
-from mirrorl.rewards.math_reward import math_problem_reward
+from mirrorl.rewards.math_reward import MathProblemReward
 from mirrorl.rewards.sandbox import code_reward
 from mirrorl.types import Problem
 
@@ -29,7 +29,11 @@ def chain_sum_reward(response: str, problem: Problem) -> float:
     return float(tasks.verify(response, problem.answer))
 
 
-REWARDS: dict[str, RewardFn] = {"chain_sum": chain_sum_reward, "math": math_problem_reward, "code": code_reward}
+REWARDS: dict[str, RewardFn] = {"chain_sum": chain_sum_reward, "code": code_reward}
+
+
+def _math(rewards: RewardsConfig) -> RewardFn:
+    return MathProblemReward(rewards.math)
 
 
 def _cot_rm(rewards: RewardsConfig) -> RewardFn:
@@ -48,8 +52,10 @@ def _value_rm(rewards: RewardsConfig) -> RewardFn:
     return ValueHeadReward(rewards.value_rm)
 
 
-# Rewards that hold a model: built from their config section; the model loads on the first call.
-REWARD_MODELS: dict[str, Callable[[RewardsConfig], RewardFn]] = {"cot_rm": _cot_rm, "value_rm": _value_rm}
+# Rewards built from their config section (`rewards.*`); models and workers start on the first call.
+REWARD_MODELS: dict[str, Callable[[RewardsConfig], RewardFn]] = {
+    "math": _math, "cot_rm": _cot_rm, "value_rm": _value_rm,
+}
 
 
 def get_reward(name: str, rewards: RewardsConfig | None = None) -> RewardFn:
