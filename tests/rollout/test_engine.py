@@ -11,16 +11,21 @@ from mirrorl.rollout.repeat import is_repeating
 NO_REPEAT = RepeatConfig(enabled=False)
 
 
-@pytest.fixture(scope="module")
-def policy():
-    """A tiny random model with large weights, so greedy outputs differ from prompt to prompt."""
-    model, tokenizer = build_tiny(TinyModelSpec(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128), 0)
-    generator = torch.Generator().manual_seed(0)
+def scramble(model, seed: int) -> None:
+    """Large random weights, so greedy outputs differ from prompt to prompt; eval mode."""
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for weight in model.parameters():
             if weight.dim() > 1:
                 weight.copy_(torch.randn(weight.shape, generator=generator) * 0.3)
     model.eval()
+
+
+@pytest.fixture(scope="module")
+def policy():
+    """A tiny random model with large weights, so greedy outputs differ from prompt to prompt."""
+    model, tokenizer = build_tiny(TinyModelSpec(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128), 0)
+    scramble(model, seed=0)
     prompts = [tokenizer.encode(f"a={i % 9 + 1} b={i * 7 % 9 + 1}. sum a-{'bcd'[i % 3]}?" + " " * (i % 4))
                for i in range(10)]
     return model, tokenizer, prompts, tokenizer.convert_tokens_to_ids(":")
@@ -137,12 +142,7 @@ def test_other_model_families_decode_like_the_naive_decoder(policy, family):
         model = Qwen2ForCausalLM(config)
     else:
         model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=256))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for weight in model.parameters():
-            if weight.dim() > 1:
-                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.3)
-    model.eval()
+    scramble(model, seed=1)
     params = SamplingConfig(temperature=0, max_new_tokens=20, batch_size=3, stop_token_ids=[colon], repeat=NO_REPEAT)
     out = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id).generate(
         [Request(p) for p in prompts], params, seed=0)
