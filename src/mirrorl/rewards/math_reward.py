@@ -455,11 +455,6 @@ def math_reward(response: str, reference: str) -> float | None:
     return reward_from_verdicts([default_verifier().verify(response, reference)])[0]
 
 
-def math_problem_reward(response: str, problem: Problem) -> float | None:
-    """Registry form (response, Problem) -> reward: checks against problem.answer."""
-    return math_reward(response, problem.answer)
-
-
 class MathProblemReward:
     """The 'math' reward with the run's `rewards.math` settings; the RL loop scores a batch at once.
 
