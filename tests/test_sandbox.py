@@ -24,7 +24,7 @@ import pytest
 from mirrorl.rewards import sandbox
 from mirrorl.rewards.sandbox import Isolation, Limits, Program, TestCase, Verdict, code_reward, run_cli, run_program
 from mirrorl.rewards.sandbox import compare, reward
-from mirrorl.rewards.sandbox.run import RUNNER_PROCESSES
+from mirrorl.rewards.sandbox.run import RUNNER_PROCESSES, memory_budget
 from mirrorl.types import Problem
 
 FAST = Limits(cpu_seconds=1, wall_seconds=1.5, memory_bytes=256 << 20, output_bytes=64 << 10, num_processes=16,
@@ -176,8 +176,14 @@ def test_forked_memory_bomb_is_bounded_by_the_cgroup(isolation):
         "        import time; time.sleep(1); os._exit(0)\n    pids.append(pid)\n"
         "print(sum(os.waitpid(pid, 0)[1] == 0 for pid in pids))\n"
     )
-    result = run(isolation, source, [TestCase("", "6")], limits=FAST.model_copy(update={"wall_seconds": 5.0}))
-    assert result.verdict is Verdict.WRONG_ANSWER, result  # fewer than 6 children survived
+    limits = FAST.model_copy(update={"wall_seconds": 5.0})
+    result = run(isolation, source, [TestCase("", "6")], limits=limits)
+    # Unbounded, all six finish in about 1.5 s and print 6 (ok). Bounded, the OOM killer takes some
+    # (wrong answer), or the kernel first reclaims the group's pages until the deadline (timeout,
+    # seen on a CI machine): either way the group never held more than its budget.
+    assert result.verdict in (Verdict.WRONG_ANSWER, Verdict.MEMORY, Verdict.TIMEOUT), result
+    if result.peak_memory_bytes is not None:
+        assert 0 < result.peak_memory_bytes <= memory_budget(limits), result
 
 
 def test_infinite_loop_dies_at_the_cpu_limit(isolation):

@@ -87,6 +87,20 @@ class SampleCgroup:
             return 0
         return int(counters.get("oom_kill", 0))
 
+    def peak_memory_bytes(self) -> int | None:
+        """The group's highest memory use so far (v1: RAM + swap when memsw exists; v2 kernels
+        >= 5.19), or None where the kernel does not keep it."""
+        if "memory" not in self.dirs:
+            return None
+        memory = self.dirs["memory"]
+        names = ["memory.peak"] if self.version == 2 else ["memory.memsw.max_usage_in_bytes", "memory.max_usage_in_bytes"]
+        for name in names:
+            try:
+                return int((memory / name).read_text())
+            except (OSError, ValueError):
+                continue
+        return None
+
     def remove(self) -> None:
         """SIGKILL whatever is left in the group, then delete it (logged, not raised, on failure)."""
         for path in sorted(set(self.dirs.values())):

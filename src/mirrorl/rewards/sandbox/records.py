@@ -98,6 +98,7 @@ class RunResult:
     detail: str = ""
     start_seconds: float = 0.0  # from launching the sandbox to the runner's first report line
     total_seconds: float = 0.0
+    peak_memory_bytes: int | None = None  # the whole sample's, from its cgroup; None without one
 
     def to_json(self) -> dict:
         """A JSON-able dict (the CLI's output)."""
@@ -106,6 +107,7 @@ class RunResult:
             "detail": self.detail,
             "start_seconds": round(self.start_seconds, 4),
             "total_seconds": round(self.total_seconds, 4),
+            "peak_memory_bytes": self.peak_memory_bytes,
             "tests": [
                 {"verdict": t.verdict.value, "wall_seconds": round(t.wall_seconds, 4),
                  "cpu_seconds": round(t.cpu_seconds, 4), "detail": t.detail}

@@ -96,7 +96,9 @@ def run_program(
         result = judge(lines[1:], tests, limits, float_tolerance, launched.oom_kills)
     except (KeyError, TypeError, ValueError) as err:
         result = RunResult(Verdict.SANDBOX_ERROR, (), f"malformed runner report: {err!r}")
-    return RunResult(result.verdict, result.tests, result.detail, lines[0]["time"] - launched_at, total_seconds)
+    return RunResult(
+        result.verdict, result.tests, result.detail, lines[0]["time"] - launched_at, total_seconds, launched.peak_memory_bytes
+    )
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ class Launched:
     pumped: Pumped  # its report (stdout) and stderr tail, and whether the deadline or cap hit
     returncode: int
     oom_kills: int  # OOM kills in the sample's cgroup
+    peak_memory_bytes: int | None  # the sample cgroup's peak memory; None without one
 
 
 def _launch(isolation: Isolation, job: dict, limits: Limits, deadline: float, max_bytes: int) -> Launched:
@@ -137,7 +140,9 @@ def _launch(isolation: Isolation, job: dict, limits: Limits, deadline: float, ma
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             returncode = process.wait()
-        return Launched(pumped, returncode, cgroup.oom_kills() if cgroup is not None else 0)
+        if cgroup is None:
+            return Launched(pumped, returncode, 0, None)
+        return Launched(pumped, returncode, cgroup.oom_kills(), cgroup.peak_memory_bytes())
 
 
 def _signal_name(number: int) -> str:
