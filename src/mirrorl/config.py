@@ -76,7 +76,11 @@ class SFTConfig(_Section):
     """Long-CoT supervised warm-up (k1.5 sec. 2.2); the loss covers response tokens only."""
 
     steps: int = Field(500, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(64, ge=1, description="Sequences per step (length-bucketed).")
+    batch_size: int = Field(
+        32, ge=1,
+        description="Sequences per step. On the demo task 32 reaches the loss and accuracy of 64 in the same "
+        "number of steps at half the time, which leaves the 10-minute demo time for RL.",
+    )
     lr: float = Field(3e-3, gt=0, description="Peak learning rate (one-cycle: warm-up then cosine decay).")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -154,7 +158,7 @@ class RLConfig(_Section):
     """The RL iteration loop: sample problems, roll out, reward, optimize, log, checkpoint."""
 
     init_from: str | None = Field(None, description="Policy to start from; None uses the SFT output of the run.")
-    iterations: int = Field(60, ge=1, description="Mirror-descent iterations; pi_i is refreshed each one.")
+    iterations: int = Field(140, ge=1, description="Mirror-descent iterations; pi_i is refreshed each one.")
     problems_per_iteration: int = Field(16, ge=1, description="Problems per iteration (each gets k samples).")
     grad_steps: int = Field(2, ge=1, description="Optimizer steps per iteration (all after the first off-policy).")
     lr: float = Field(3e-5, gt=0, description="Learning rate (not given by the report).")

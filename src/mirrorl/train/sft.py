@@ -1,17 +1,16 @@
 """Long-CoT supervised fine-tuning (k1.5 sec. 2.2): the warm-up before RL.
 
 Loss: mean negative log-likelihood over response tokens only (prompt tokens are context).
-Batches are length-bucketed: examples are shuffled, then sorted by length inside windows of a few
-batches (`sft.bucket_window`), so a batch holds sequences of similar length and less padding,
-while the order of batches stays random. The schedule is one-cycle (linear warm-up, cosine decay to 0).
+Batches are shuffled and padded only to their own longest row. Length bucketing is an option
+(`sft.bucket_window`: examples sorted by length inside windows of a few batches, batch order still
+random); it is off by default because on the demo task it slowed learning (see the field). The schedule is one-cycle (linear warm-up, cosine decay to 0).
 
 Resume (`checkpointing`): a checkpoint at step s holds the weights, AdamW and one-cycle scheduler
 state, the RNG states and the batch iterator's position; a resumed run trains steps s.. exactly as
 an uninterrupted one would. Resuming with a larger `sft.steps` stretches the one-cycle schedule
 from the resumed step on (its shape depends on the total).
 
-Not covered here: packing several examples into one row (bucketing already keeps padding low on
-our data), multi-GPU (see `mirrorl.train.distributed` when it exists).
+Not covered here: packing several examples into one row; multi-GPU training.
 """
 
 from __future__ import annotations
