@@ -3,7 +3,8 @@
 Loss: mean negative log-likelihood over response tokens only (prompt tokens are context).
 Batches are shuffled and padded only to their own longest row. Length bucketing is an option
 (`sft.bucket_window`: examples sorted by length inside windows of a few batches, batch order still
-random); it is off by default because on the demo task it slowed learning (see the field). The schedule is one-cycle (linear warm-up, cosine decay to 0).
+random); it is off by default because on the demo task it slowed learning (see the field).
+The schedule is one-cycle (linear warm-up, cosine decay to 0).
 
 Resume (`checkpointing`): a checkpoint at step s holds the weights, AdamW and one-cycle scheduler
 state, the RNG states and the batch iterator's position; a resumed run trains steps s.. exactly as
