@@ -159,7 +159,10 @@ class RLConfig(_Section):
 
     init_from: str | None = Field(None, description="Policy to start from; None uses the SFT output of the run.")
     iterations: int = Field(140, ge=1, description="Mirror-descent iterations; pi_i is refreshed each one.")
-    problems_per_iteration: int = Field(16, ge=1, description="Problems per iteration (each gets k samples).")
+    problems_per_iteration: int = Field(
+        16, ge=1, description="New problems per iteration (each gets k samples); with partial rollouts the "
+        "trajectories continued from the replay buffer come on top.",
+    )
     grad_steps: int = Field(2, ge=1, description="Optimizer steps per iteration (all after the first off-policy).")
     lr: float = Field(3e-5, gt=0, description="Learning rate (not given by the report).")
     lr_warmup_iterations: int = Field(0, ge=0, description="Linear LR warm-up over the first N iterations.")
@@ -178,7 +181,8 @@ class RLConfig(_Section):
     reward: str = Field("chain_sum", description="Reward name from the registry, or 'module:function'.")
     segment_budget: int = Field(
         0, ge=0, description="Partial rollouts (k1.5 sec. 4): new tokens per trajectory per iteration; an unfinished "
-        "trajectory waits in the replay buffer and continues next iteration. 0: full rollouts.",
+        "trajectory waits in the replay buffer and continues next iteration, queued before that iteration's new "
+        "problems (a freed engine slot takes the next queued trajectory at once). 0: full rollouts.",
     )
     train_tokens: Literal["all", "newest"] = Field(
         "all", description="Partial rollouts: train on every response token, or only on the segment generated "

@@ -5,7 +5,7 @@ import torch
 
 from mirrorl.config import RepeatConfig, SamplingConfig
 from mirrorl.models import TinyModelSpec, build_tiny
-from mirrorl.rollout.engine import Engine, Request
+from mirrorl.rollout.engine import Engine, Request, length_chunks
 from mirrorl.rollout.repeat import is_repeating
 
 NO_REPEAT = RepeatConfig(enabled=False)
@@ -51,6 +51,31 @@ def test_greedy_equals_naive_decoder_with_slot_refill(policy):
     assert [(c.token_ids, c.finish_reason) for c in out] == expected
     assert {reason for _, reason in expected} == {"stop", "length"}  # both endings, so slots were refilled
     assert engine.new_tokens == sum(len(tokens) for tokens, _ in expected)
+
+
+def test_length_chunks_keep_every_padded_row_at_least_half_real():
+    assert length_chunks([10, 200, 120, 90, 12, 30]) == [[1, 2], [3], [5], [4, 0]]
+    assert length_chunks([7, 7, 8]) == [[2, 0, 1]]
+    lengths = [(n * 37) % 101 + 1 for n in range(50)]
+    chunks = length_chunks(lengths)
+    assert sorted(row for chunk in chunks for row in chunk) == list(range(50))
+    for chunk in chunks:
+        assert all(2 * lengths[row] > lengths[chunk[0]] for row in chunk[1:])
+
+
+def test_continuations_and_new_prompts_admitted_together_match_the_naive_decoder(policy):
+    """Long continued prefixes and fresh prompts in one admission (so in several prefill chunks)."""
+    model, tokenizer, prompts, colon = policy
+    stops = {colon, tokenizer.eos_token_id}
+    prefixes = [naive_greedy(model, p, set(), 24)[0][: 6 * (i % 5)] for i, p in enumerate(prompts)]
+    params = SamplingConfig(temperature=0, max_new_tokens=30, batch_size=len(prompts), stop_token_ids=[colon],
+                            repeat=NO_REPEAT)
+    engine = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    out = engine.generate([Request(p, prefix) for p, prefix in zip(prompts, prefixes)], params, seed=0)
+    assert len(length_chunks([len(p) + len(prefix) for p, prefix in zip(prompts, prefixes)])) > 1
+    for prompt, prefix, completion in zip(prompts, prefixes, out):
+        tokens, reason = naive_greedy(model, prompt + prefix, stops, 30 - len(prefix))
+        assert (completion.token_ids, completion.finish_reason) == (tokens, reason)
 
 
 def test_logprobs_equal_a_forward_pass_and_seeds_reproduce(policy):

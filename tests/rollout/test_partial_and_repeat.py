@@ -44,6 +44,8 @@ class ScriptedEngine(Engine):
         self.idle_fraction, self.new_tokens = 0.0, 0
 
     def generate(self, requests, params, seed, max_response_tokens=None):
+        continued = [bool(request.prefix_ids) for request in requests]
+        assert continued == sorted(continued, reverse=True)  # continuations are queued before new problems
         out = []
         for request in requests:
             length = self.rng.randint(1, 30)
@@ -60,9 +62,7 @@ def test_buffer_never_loses_or_duplicates_a_trajectory():
     engine = ScriptedEngine(seed=1)
     started, trained = 0, []
     for iteration in range(30):
-        quota = buffer.new_group_quota(groups_per_iteration=3) if iteration < 20 else 0
-        assert len(buffer.unfinished()) + quota * 4 <= 3 * 4 or quota == 0
-        for _ in range(quota):
+        for _ in range(3 if iteration < 20 else 0):  # 3 new problems per iteration, then drain
             buffer.add(problem_index=started % 5, prompt_ids=[1, 2])
             started += 1
         if iteration == 10:  # a saved and restored buffer carries on identically
@@ -70,6 +70,7 @@ def test_buffer_never_loses_or_duplicates_a_trajectory():
             restored.load_state_dict(buffer.state_dict())
             buffer = restored
         ready = buffer.step(engine, params, seed=iteration, version=iteration)
+        assert len(buffer.unfinished()) <= 3 * 4 * -(-25 // 6)  # a trajectory lives at most ceil(25 / 6) iterations
         metrics = rollout_metrics(ready, buffer, iteration, 0.0, stepped=1)
         assert 0.0 <= metrics["off_policy_token_fraction"] <= 1.0
         for group in ready:

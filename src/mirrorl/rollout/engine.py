@@ -4,8 +4,9 @@ What the rollout issue asks for, and how it is done here:
 - One forward per decode step for `batch_size` slots. Each slot holds one sequence; its keys and
   values live in a cache preallocated once per call ([slots, kv_heads, max_len, head_dim] per
   layer) and are written in place, so no step copies the cache (HF's DynamicCache concatenates).
-- Continuous batching: when a sequence finishes, its slot is refilled from the queue at once (a
-  prefill forward for all newly admitted prompts together), while the other slots keep decoding.
+- Continuous batching: when a sequence finishes, its slot is refilled from the queue at once (the
+  newly admitted prompts are prefilled together, in chunks of similar length), while the other
+  slots keep decoding.
 - The model is the training model itself (same weights, same process): an optimizer step is
   visible to the next call at no cost.
 - Temperature, top-p, top-k, stop tokens (EOS and `stop_token_ids`), a per-request token budget (partial rollouts) and a
@@ -133,6 +134,23 @@ def pick_tokens(logits: Tensor, params: SamplingConfig, generator: torch.Generat
     return tokens, logprobs.gather(1, tokens[:, None]).squeeze(1)
 
 
+def length_chunks(lengths: Sequence[int]) -> list[list[int]]:
+    """Split rows into prefill chunks of similar length, longest first; returns row indices.
+
+    A prefill pads its rows to the longest, so one continued long trajectory would make every short
+    prompt admitted with it cost as much as itself. A chunk ends where a row is at most half the
+    chunk's longest, so at least half of every padded row is real tokens, for one more forward per
+    halving of the length.
+    """
+    chunks: list[list[int]] = []
+    for row in sorted(range(len(lengths)), key=lambda r: -lengths[r]):
+        if chunks and 2 * lengths[row] > lengths[chunks[-1][0]]:
+            chunks[-1].append(row)
+        else:
+            chunks.append([row])
+    return chunks
+
+
 class Engine:
     """Colocated continuous-batching generator over a model's own weights."""
 
@@ -201,15 +219,18 @@ class _Run:
         while self.queue or any(owner >= 0 for owner in self.owner):
             free = [s for s, owner in enumerate(self.owner) if owner < 0]
             if free and self.queue:
-                self._admit(free[: len(self.queue)])
+                chosen = [self.queue.popleft() for _ in free[: len(self.queue)]]
+                lengths = [len(self.requests[i].prompt_ids) + len(self.requests[i].prefix_ids) for i in chosen]
+                for chunk in length_chunks(lengths):
+                    self._admit(free[: len(chunk)], [chosen[i] for i in chunk])
+                    free = free[len(chunk):]
             if any(owner >= 0 for owner in self.owner):
                 self._decode()
         return self.results  # type: ignore[return-value]
 
-    def _admit(self, free: list[int]) -> None:
-        """Prefill the next queued requests into `free` slots and sample their first token."""
+    def _admit(self, free: list[int], chosen: list[int]) -> None:
+        """Prefill the `chosen` requests into `free` slots and sample their first token."""
         engine, device = self.engine, self.engine.device
-        chosen = [self.queue.popleft() for _ in free]
         contexts = [self.requests[i].prompt_ids + self.requests[i].prefix_ids for i in chosen]
         width = max(len(c) for c in contexts)
         ids = torch.full((len(chosen), width), engine.pad_id, dtype=torch.long)

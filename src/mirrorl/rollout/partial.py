@@ -3,14 +3,22 @@
 Each iteration every trajectory gets at most `segment_budget` new tokens. One that runs out of
 budget stays in the buffer with its tokens, its behaviour log-probs and, per token, the policy
 version (iteration) that produced it; the next iteration continues it under the then-current
-policy, before new problems take the rest of the iteration's slots. A group (the k responses to
-one draw of a problem) leaves the buffer for training only when all its members are finished, so
-the mean-reward baseline stays per problem. With `segment_budget` 0 every trajectory finishes in
-the iteration it starts: full rollouts are the same code with an unlimited budget.
+policy. A group (the k responses to one draw of a problem) leaves the buffer for training only
+when all its members are finished, so the mean-reward baseline stays per problem. With
+`segment_budget` 0 every trajectory finishes in the iteration it starts: full rollouts are the
+same code with an unlimited budget.
 
-What we chose where the report is silent: the slots of an iteration are
-`problems_per_iteration * k` trajectories; continuations are served first and new problems fill
-the remaining slots in whole groups.
+Asynchronous refill: an iteration hands the engine one queue, the continued trajectories first and
+then the new problems' trajectories, and the engine's continuous batching gives a slot freed by a
+finished (or budget-cut) trajectory to the next one in the queue at once. So while some slots
+continue long responses, the others keep taking new short problems, and the only idle slots are
+those of the iteration's last budget-length stretch.
+
+What we chose where the report is silent: every iteration starts the same number of new groups
+(`problems_per_iteration`), however full the buffer is, so at steady state as many groups finish
+per iteration as start and the training batch keeps its size on average; the buffer stays bounded
+(a trajectory lives at most max_new_tokens / segment_budget iterations). The number of slots (the
+engine's `batch_size`) is independent of it.
 """
 
 from __future__ import annotations
@@ -45,18 +53,14 @@ class PartialRollouts:
     def unfinished(self) -> list[Trajectory]:
         return [t for group in self.groups.values() for t in group if t.finish_reason is None]
 
-    def new_group_quota(self, groups_per_iteration: int) -> int:
-        """How many new problems fit in this iteration's slots after the continuations."""
-        slots = groups_per_iteration * self.group_size
-        return max(0, (slots - len(self.unfinished())) // self.group_size)
-
     def add(self, problem_index: int, prompt_ids: list[int]) -> None:
         """Start a group of `group_size` empty trajectories for one problem."""
         group_id, self.next_group_id = self.next_group_id, self.next_group_id + 1
         self.groups[group_id] = [Trajectory(group_id, problem_index, list(prompt_ids)) for _ in range(self.group_size)]
 
     def step(self, engine: Engine, params: SamplingConfig, seed: int, version: int) -> list[list[Trajectory]]:
-        """Advance every unfinished trajectory by one segment; pop and return the groups now complete."""
+        """Advance every unfinished trajectory by one segment (continuations queued first); pop and
+        return the groups now complete."""
         running = self.unfinished()
         budget = self.segment_budget or None
         requests = [Request(t.prompt_ids, t.response_ids, budget) for t in running]

@@ -1,11 +1,12 @@
 """The k1.5 RL loop: online policy mirror descent, one iteration after another (sec. 2.3.2).
 
 Each iteration i reads top to bottom:
-  1. sample   - the sampler picks the iteration's new problems (sec. 2.3.4), as many as the
-                slots left by trajectories continued from the replay buffer allow;
+  1. sample   - the sampler picks the iteration's `problems_per_iteration` new problems (sec. 2.3.4);
   2. rollout  - the engine extends every unfinished trajectory (k per problem) under the current
                 policy pi_i by at most `segment_budget` tokens (partial rollouts, sec. 4; 0 means
-                whole responses); the groups whose k members have all finished come out;
+                whole responses), the ones continued from the replay buffer first, a freed slot
+                taking the next trajectory at once; the groups whose k members have all finished
+                come out;
   3. reward   - the verifier scores them; the k1.5 length reward is added (sec. 2.3.3), and the
                 repeat penalty to responses stopped for looping;
   4. optimize - log pi_i of whole trajectories: the engine's log-probs when pi_i sampled every
@@ -328,7 +329,7 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problem
             save = lambda: ckpt.save(iteration, model, optimizer, **state)  # noqa: E731
             ckpt.boundary(iteration, first, "rl", save)  # 0. checkpoint when due, or stop when asked to
             t0 = time.perf_counter()
-            for index in sampler.sample(rollouts.new_group_quota(cfg.rl.problems_per_iteration), iteration):  # 1.
+            for index in sampler.sample(cfg.rl.problems_per_iteration, iteration):  # 1.
                 rollouts.add(index, encode_prompt(tokenizer, problems[index].prompt, cfg.data.use_chat_template))
             stepped = len(rollouts.unfinished())
             ready = rollouts.step(engine, cfg.rollout, seed=cfg.run.seed * 100_003 + iteration, version=iteration)  # 2.
