@@ -139,15 +139,14 @@ def main() -> None:
         for name, mode in run_both(engine, tokenizer, args).items():
             if name not in best or mode.elapsed < best[name].elapsed:
                 best[name] = mode
-    modes = best
-    full, partial = modes["full"].report(), modes["partial"].report()
+    full, partial = best["full"].report(), best["partial"].report()
     ratio = partial["trajectories_per_second"] / full["trajectories_per_second"]
     print(f"full: {full['trajectories_per_second']} traj/s, idle {full['idle_slot_fraction']}; partial (budget "
           f"{args.budget}): {partial['trajectories_per_second']} traj/s, idle {partial['idle_slot_fraction']}; "
           f"ratio {ratio:.2f}")
     print(json.dumps({"benchmark": "partial_vs_full_rollouts", "iterations": args.iterations, "budget": args.budget,
-                      "slots": args.slots, "new_groups_per_iteration": args.groups, "repeats": args.repeats, "full": full, "partial": partial,
-                      "ratio": round(ratio, 3)}))
+                      "slots": args.slots, "new_groups_per_iteration": args.groups, "repeats": args.repeats,
+                      "full": full, "partial": partial, "ratio": round(ratio, 3)}))
 
 
 if __name__ == "__main__":
