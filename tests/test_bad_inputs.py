@@ -85,7 +85,7 @@ CASES = {
     "row_without_prompt": (["rl", "data.train_path={tmp}/no_prompt.jsonl"], 2,
                            "{tmp}/no_prompt.jsonl:2: row has no prompt (field 'prompt')"),
     "row_without_answer": (["rl", "data.train_path={tmp}/no_answer.jsonl"], 2,
-                           "{tmp}/no_answer.jsonl:3: row has no answer (field 'answer')"),
+                           "{tmp}/no_answer.jsonl:3: row has no answer (field 'answer') and no tests (field 'tests' or meta.tests)"),
     "malformed_jsonl_line": (["rl", "data.train_path={tmp}/broken.jsonl"], 2,
                              "{tmp}/broken.jsonl:2: not valid JSON (Expecting ',' delimiter)"),
     "row_not_an_object": (["rl", "data.train_path={tmp}/list_row.jsonl"], 2,

@@ -64,6 +64,10 @@ class DataConfig(_Section):
     answer_field: str = Field("answer", min_length=1, description="Column holding the reference answer.")
     solution_field: str = Field("solution", min_length=1, description="Column holding the SFT response.")
     difficulty_field: str = Field("difficulty", min_length=1, description="Column holding the difficulty.")
+    tests_field: str = Field(
+        "tests", min_length=1, description="Column holding a code problem's tests ([{'input', 'output'}], as "
+        "`mirrorl gen-tests` writes them under 'meta'); a row with tests needs no answer.",
+    )
     use_chat_template: bool = Field(True, description="Wrap prompts with the tokenizer's chat template.")
     num_sft: int = Field(12000, ge=1, description="Built-in task: long-CoT warm-up problems.")
     num_rl: int = Field(4000, ge=1, description="Built-in task: RL problems (disjoint seed from SFT).")

@@ -46,6 +46,29 @@ def test_bad_rows_name_file_and_row(tmp_path, rows, message):
         load_problems(str(_write(tmp_path / "p.jsonl", rows)), DataConfig())
 
 
+def test_code_rows_carry_their_tests_and_meta_and_need_no_answer(tmp_path):
+    tests = [{"input": "1 2\n", "output": "3\n"}]
+    rows = [{"prompt": "add", "tests": tests}, {"prompt": "add", "meta": {"tests": tests, "float_tolerance": 1e-6}},
+            {"prompt": "x?", "answer": "4", "meta": {"source": "amc"}}]
+    code, generated, math = load_problems(str(_write(tmp_path / "p.jsonl", rows)), DataConfig())
+    assert (code.answer, code.meta) == ("", {"tests": tests})
+    assert generated.meta == {"tests": tests, "float_tolerance": 1e-6}
+    assert (math.answer, math.meta) == ("4", {"source": "amc"})
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"prompt": "add", "tests": []}, r"p.jsonl:1: tests: expected a non-empty list"),
+        ({"prompt": "add", "meta": {"tests": [{"input": 1}]}}, r"p.jsonl:1: tests\[0\]: expected"),
+        ({"prompt": "add", "answer": "1", "meta": [1]}, r"p.jsonl:1: field 'meta' must be an object, got list"),
+    ],
+)
+def test_bad_code_rows_name_file_and_row(tmp_path, row, message):
+    with pytest.raises(ValueError, match=message):
+        load_problems(str(_write(tmp_path / "p.jsonl", [row])), DataConfig())
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_problems(str(tmp_path / "none.jsonl"), DataConfig())

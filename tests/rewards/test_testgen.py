@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from mirrorl.config import SamplingConfig
+from mirrorl.config import DataConfig, SamplingConfig
+from mirrorl.data.io import load_problems
 from mirrorl.models import TinyModelSpec, build_tiny, save_policy
 from mirrorl.rewards.sandbox import Limits, Program, code_reward, default_isolation
 from mirrorl.rewards.testgen import (
@@ -35,7 +36,6 @@ from mirrorl.rewards.testgen import (
     writer,
 )
 from mirrorl.rewards.testgen.writer import write_generators
-from mirrorl.types import Problem
 
 DATA = Path(__file__).parent / "data"
 SUM_GENERATOR = (DATA / "sum_generator.py").read_text()
@@ -246,7 +246,8 @@ def test_cli_writes_kept_rows_that_code_reward_reads_and_counts_every_reason(tmp
     assert report["problems"][4]["num_duplicate_inputs"] == 3
     (kept,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert kept["id"] == "kept" and kept["generator"] == SUM_GENERATOR and len(kept["meta"]["tests"]) == 4
-    problem = Problem(id="kept", prompt=kept["statement"], answer="", task="code", meta=kept["meta"])
+    (problem,) = load_problems(str(out), DataConfig())  # what `mirrorl rl data.train_path=...` reads
+    assert problem.prompt == kept["statement"]
     assert code_reward(f"```python\n{CORRECT[0]}```", problem) == 1.0
     assert code_reward(f"```python\n{READ}print(a * b)\n```", problem) == 0.0
 

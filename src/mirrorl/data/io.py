@@ -1,7 +1,10 @@
 """Problem sets in and out: JSONL, Parquet, a saved `datasets` directory, or the built-in task.
 
-Rows are validated as they are read: a row without a prompt or answer is a ValueError naming the
-file and the row number (1-based, as an editor shows it), so a bad row never surfaces mid-run.
+Rows are validated as they are read: a row without a prompt, or without an answer and without
+tests, is a ValueError naming the file and the row number (1-based, as an editor shows it), so a
+bad row never surfaces mid-run. A row's `meta` object and its tests (the `tests` column, or
+meta.tests as `mirrorl gen-tests` writes them) go to `Problem.meta`, where the code reward reads
+them.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 from mirrorl.config import DataConfig
 from mirrorl.data import tasks
+from mirrorl.rewards.sandbox.reward import parse_tests
 from mirrorl.types import Problem
 
 # Seeds of the built-in splits are offset from the run seed so the splits never share a stream.
@@ -58,8 +62,16 @@ def load_problems(path: str, cfg: DataConfig, task: str = "file") -> list[Proble
         prompt, answer = row.get(cfg.prompt_field), row.get(cfg.answer_field)
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"{path}:{number}: row has no prompt (field {cfg.prompt_field!r})")
-        if answer is None or (isinstance(answer, str) and not answer.strip()):
-            raise ValueError(f"{path}:{number}: row has no answer (field {cfg.answer_field!r})")
+        meta = row.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise ValueError(f"{path}:{number}: field 'meta' must be an object, got {type(meta).__name__}")
+        if row.get(cfg.tests_field) is not None:
+            meta = {**meta, "tests": row[cfg.tests_field]}
+        if "tests" in meta:  # a code problem: its tests are the reference
+            parse_tests(meta["tests"], f"{path}:{number}: tests")
+        elif answer is None or (isinstance(answer, str) and not answer.strip()):
+            raise ValueError(f"{path}:{number}: row has no answer (field {cfg.answer_field!r}) and no tests "
+                             f"(field {cfg.tests_field!r} or meta.tests)")
         difficulty = row.get(cfg.difficulty_field)
         if difficulty is not None and not isinstance(difficulty, (int, float)):
             raise ValueError(f"{path}:{number}: difficulty must be a number, got {difficulty!r}")
@@ -68,10 +80,11 @@ def load_problems(path: str, cfg: DataConfig, task: str = "file") -> list[Proble
             Problem(
                 id=str(row.get("id", f"{source.name}:{number}")),
                 prompt=prompt,
-                answer=str(answer),
+                answer="" if answer is None else str(answer),
                 difficulty=None if difficulty is None else float(difficulty),
                 solution=solution if isinstance(solution, str) else None,
                 task=str(row.get("task", task)),
+                meta=meta,
             )
         )
     if not problems:

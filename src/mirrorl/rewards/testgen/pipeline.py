@@ -10,8 +10,9 @@ Rows in (JSON lines): {"id", "statement" (or "prompt"), "solutions": [{"language
 optional "generator" (source), "float_tolerance", "meta"}. Languages python (run as Python 3)
 and cpp, by the fence names the code reward knows (python3, c++, ...); others are not run.
 The generator of a problem: its row's, else the --generator file (or <dir>/<id>.py), else one
-the --model writes. Rows out: the kept rows, with the generator used and meta["tests"] =
-[{"input", "output"}], what `code_reward` reads. The report gives counts per reason and, per
+the --model writes. Rows out: the kept rows, with the generator used, a "prompt" (the statement,
+unless the row has one) and meta["tests"] = [{"input", "output"}]: `mirrorl rl` loads them as
+they are and the code reward reads the tests. The report gives counts per reason and, per
 problem, its reason code (`Reason`), a detail and its counts.
 
 Does not: detect problems that need a special judge (the report keeps only those without one;
@@ -271,7 +272,8 @@ def _write_kept(problems: Sequence[CodeProblem], reports: Sequence[ProblemReport
                 meta = {**problem.row.get("meta", {}), "tests": [{"input": t.input, "output": t.output} for t in report.tests]}
                 if problem.float_tolerance is not None:
                     meta["float_tolerance"] = problem.float_tolerance
-                row = {**problem.row, "generator": generators[problem.id].source, "meta": meta}
+                source = generators[problem.id].source
+                row = {"prompt": problem.statement, **problem.row, "generator": source, "meta": meta}
                 out.write(json.dumps(row) + "\n")
 
 
