@@ -4,7 +4,13 @@ The JSONL file is the record of truth (plots and `summary.json` are made from it
 and W&B are views of the same numbers. A resumed run continues the curves from its checkpoint's
 step: the JSONL keeps only the lines of earlier steps (a killed run may have logged steps after its
 last checkpoint, and may have left half a line) and TensorBoard purges events from that step on,
-so each step appears once. W&B is not resumed: a resumed run starts a new W&B run.
+so each step appears once.
+
+W&B (`run.wandb`): each phase logs against its own step axis (`sft/step`, `rl/step`, declared with
+`define_metric`), so the RL curves, whose steps restart at 0, are not dropped as out of order after
+SFT's. A run directory records its W&B run id per phase (`wandb_run_ids.json`); a resumed phase
+continues that W&B run, where the steps logged after the checkpoint by the interrupted process
+appear twice (W&B cannot delete them).
 """
 
 from __future__ import annotations
@@ -46,11 +52,7 @@ class MetricsLogger:
                     old.unlink()
             self._tb = SummaryWriter(log_dir=str(events), purge_step=resume_step)
         if wandb:
-            try:
-                import wandb as wandb_module
-            except ImportError:
-                raise ValueError("run.wandb=true needs W&B: pip install 'mirrorl[wandb]'") from None
-            self._wandb = wandb_module.run or wandb_module.init(project="mirrorl", dir=str(run_dir))
+            self._wandb = open_wandb(run_dir, phase, resume=resume_step is not None)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
@@ -60,11 +62,30 @@ class MetricsLogger:
             for key, value in clean.items():
                 self._tb.add_scalar(f"{self.phase}/{key}", value, step)
         if self._wandb is not None:
-            self._wandb.log({f"{self.phase}/{k}": v for k, v in clean.items()}, step=step)
+            self._wandb.log({f"{self.phase}/step": step, **{f"{self.phase}/{k}": v for k, v in clean.items()}})
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def open_wandb(run_dir: Path, phase: str, resume: bool) -> Any:
+    """The W&B run of this process (the demo's phases share one), or a new one, or, for a resumed
+    phase, the one it logged to before; the phase's metrics get their own step axis."""
+    try:
+        import wandb
+    except ImportError:
+        raise ValueError("run.wandb=true needs W&B: pip install 'mirrorl[wandb]'") from None
+    ids_path = run_dir / "wandb_run_ids.json"
+    ids = json.loads(ids_path.read_text()) if ids_path.exists() else {}
+    run = wandb.run
+    if run is None:
+        previous = ids.get(phase) if resume else None
+        run = wandb.init(project="mirrorl", dir=str(run_dir), id=previous, resume="allow" if previous else None)
+    ids_path.write_text(json.dumps({**ids, phase: run.id}))
+    run.define_metric(f"{phase}/step")
+    run.define_metric(f"{phase}/*", step_metric=f"{phase}/step")
+    return run
 
 
 def keep_lines_before(path: Path, step: int) -> None:
