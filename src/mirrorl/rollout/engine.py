@@ -25,6 +25,7 @@ Legend: S slots, R rows of a prefill, W attended width, P repeat periods, V voca
 
 from __future__ import annotations
 
+import inspect
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -156,6 +157,8 @@ class Engine:
 
     def __init__(self, model: PreTrainedModel, eos_id: int, pad_id: int) -> None:
         self.model, self.eos_id, self.pad_id = model, eos_id, pad_id
+        # newer transformers (5.24 here) call the cache argument `cache` and deprecate `past_key_values`
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.idle_fraction = 0.0  # of the last call: slot-steps spent on free slots / all slot-steps
@@ -246,7 +249,7 @@ class _Run:
         plan.positions = torch.where(real, positions, self.cache.layers[0].max_len).to(device)  # padding -> trash
         logits = engine.model(
             input_ids=ids.to(device), position_ids=positions.to(device),
-            attention_mask=_additive(allowed.to(device), engine.dtype), past_key_values=self.cache,
+            attention_mask=_additive(allowed.to(device), engine.dtype), **{engine.cache_arg: self.cache},
             use_cache=True, logits_to_keep=1,
         ).logits[:, -1]  # [R, V]
         plan.rows = None
@@ -276,7 +279,7 @@ class _Run:
         allowed = torch.arange(plan.width, device=engine.device)[None, None, :] <= self.cached[:, None, None]
         logits = engine.model(
             input_ids=self.last[:, None], position_ids=self.cached[:, None],
-            attention_mask=_additive(allowed, engine.dtype), past_key_values=self.cache, use_cache=True,
+            attention_mask=_additive(allowed, engine.dtype), use_cache=True, **{engine.cache_arg: self.cache},
         ).logits[:, -1]  # [S, V]
         busy = [s for s, owner in enumerate(self.owner) if owner >= 0]
         active = torch.zeros_like(self.cached, dtype=torch.bool)
