@@ -188,6 +188,14 @@ class RLConfig(_Section):
         "trajectory waits in the replay buffer and continues next iteration, queued before that iteration's new "
         "problems (a freed engine slot takes the next queued trajectory at once). 0: full rollouts.",
     )
+    off_policy_correction: Literal["none", "truncated_is"] = Field(
+        "truncated_is", description="Partial rollouts: weight each sample by min(is_cap, pi_i / mu) over the tokens "
+        "earlier policies mu sampled (truncated importance sampling); 'none' trains on them as if pi_i had. On the "
+        "demo task with segment_budget=32, 60 iterations from one SFT policy (two seeds): full rollouts 0.853 / 0.860 "
+        "pass@1, truncated_is 0.821 / 0.788, none 0.724 / 0.566 (the policy moves fastest on exactly the tokens "
+        "that decide the reward, so stale segments over-represent the mistakes it is unlearning).",
+    )
+    is_cap: float = Field(1.0, gt=0, description="Truncation of the off-policy weights.")
     train_tokens: Literal["all", "newest"] = Field(
         "all", description="Partial rollouts: train on every response token, or only on the segment generated "
         "by the current policy.",

@@ -4,7 +4,9 @@ import torch
 
 from mirrorl.config import AlgoConfig, LengthPenaltyConfig
 from mirrorl.data.encode import pad_batch
-from mirrorl.train.rl import GuardedReward, add_length_rewards, group_success, mask_older_segments, score
+from mirrorl.train.rl import (
+    GuardedReward, add_length_rewards, behaviour_logprobs, group_success, mask_older_segments, score,
+)
 from mirrorl.types import Problem, Sample
 
 
@@ -96,6 +98,18 @@ def test_newest_only_training_masks_the_tokens_of_earlier_iterations():
     mask_older_segments(batch, [continued, fresh], iteration=4)
     # position t predicts token t+1: the continued row's responses sit at positions 1..4, the fresh row's at 0..1
     assert batch.response_mask.tolist() == [[0, 0, 0, 1, 1], [1, 1, 0, 0, 0]]
+
+
+def test_behaviour_logprobs_sit_under_their_tokens_and_mark_the_older_segments():
+    continued = Sample(problem_index=0, prompt_ids=[1, 2], response_ids=[5, 6, 7], finish_reason="stop",
+                       versions=[3, 4, 4], logprobs=[-0.1, -0.2, -0.3])
+    fresh = Sample(problem_index=1, prompt_ids=[1], response_ids=[9], finish_reason="stop", versions=[4],
+                   logprobs=[-0.4])
+    batch = pad_batch([continued.prompt_ids, fresh.prompt_ids], [continued.response_ids, fresh.response_ids], 0,
+                      torch.device("cpu"))
+    behaviour, stale = behaviour_logprobs(batch, [continued, fresh], iteration=4)
+    assert torch.allclose(behaviour, torch.tensor([[0.0, -0.1, -0.2, -0.3], [-0.4, 0.0, 0.0, 0.0]]))
+    assert stale.tolist() == [[0, 1, 0, 0], [0, 0, 0, 0]]
 
 
 def test_reference_logprobs_from_the_engine_equal_a_forward_pass():

@@ -31,6 +31,24 @@ class LossInputs:
     rewards: Tensor  # [B] correctness + weighted length reward
     correct: Tensor  # [B] bool, the verifier's verdict
     group_ids: Tensor  # [B] the k samples of one problem share an id
+    weights: Tensor | None = None  # [B] per-sample weight (off-policy correction), no grad; None = 1
+
+
+def stale_weights(ref_logprobs: Tensor, behaviour_logprobs: Tensor, stale: Tensor, cap: float) -> Tensor:
+    """Truncated importance weights of partial rollouts' older segments: [B].
+
+    A continued trajectory's earlier segments were sampled by earlier policies mu, not by pi_i, so
+    its weight in an expectation under pi_i is prod over those tokens of pi_i / mu, i.e.
+    exp(sum of ref - behaviour log-probs where `stale`); the current segment needs none. Truncated
+    at `cap` to bound the variance (truncated importance sampling).
+    """
+    log_weight = ((ref_logprobs - behaviour_logprobs) * stale).sum(-1)  # [B]
+    return log_weight.exp().clamp(max=cap)
+
+
+def _per_sample(values: Tensor, inputs: LossInputs) -> Tensor:
+    """`values` [B] times the sample weights, when there are any."""
+    return values if inputs.weights is None else values * inputs.weights
 
 
 @dataclass(frozen=True)
@@ -70,7 +88,7 @@ def mirror_descent_loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     residual = (advantage - params.tau * log_ratio) ** 2  # [B]
     if params.length_normalize:
         residual = residual / inputs.mask.sum(-1).clamp(min=1)  # [B]
-    loss = residual.mean() / (2 * params.tau)
+    loss = _per_sample(residual, inputs).mean() / (2 * params.tau)
     return LossOutput(loss, {
         "loss": float(loss.detach()), "log_ratio_mean": float(log_ratio.detach().mean()),
         "log_ratio_abs_mean": float(log_ratio.detach().abs().mean()), "kl": _kl(inputs),
@@ -80,7 +98,7 @@ def mirror_descent_loss(inputs: LossInputs, params: LossParams) -> LossOutput:
 
 def rest_loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     """ReST-style baseline: token-mean NLL of the correct samples; wrong ones contribute nothing."""
-    keep = inputs.mask * inputs.correct.float().unsqueeze(-1)  # [B, T]
+    keep = inputs.mask * _per_sample(inputs.correct.float(), inputs).unsqueeze(-1)  # [B, T]
     loss = -(inputs.logprobs * keep).sum() / keep.sum().clamp(min=1)
     return LossOutput(loss, {
         "loss": float(loss.detach()), "kl": _kl(inputs), "used_fraction": float(inputs.correct.float().mean()),
@@ -97,7 +115,7 @@ def group_pg_loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     clipped = ratio.clamp(1 - params.clip_eps, 1 + params.clip_eps)  # [B, T]
     surrogate = torch.minimum(ratio * advantage[:, None], clipped * advantage[:, None])  # [B, T]
     per_sample = (surrogate * inputs.mask).sum(-1) / inputs.mask.sum(-1).clamp(min=1)  # [B]
-    loss = -per_sample.mean()
+    loss = -_per_sample(per_sample, inputs).mean()
     with torch.no_grad():
         clip_fraction = ((ratio - clipped).abs() > 0).float().mul(inputs.mask).sum() / inputs.mask.sum().clamp(min=1)
     return LossOutput(loss, {"loss": float(loss.detach()), "kl": _kl(inputs), "clip_fraction": float(clip_fraction)})

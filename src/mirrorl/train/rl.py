@@ -11,7 +11,9 @@ Each iteration i reads top to bottom:
                 repeat penalty to responses stopped for looping;
   4. optimize - log pi_i of whole trajectories: the engine's log-probs when pi_i sampled every
                 token, else one forward pass (theta == theta_i before the first step); tokens
-                written by earlier policies train unless `train_tokens` is "newest"; then
+                written by earlier policies train unless `train_tokens` is "newest", their
+                sample weighted by the truncated importance ratio pi_i / mu of those tokens
+                (`off_policy_correction`, our addition: the report is silent); then
                 `grad_steps` optimizer steps on mini-batches of whole groups minimise the chosen
                 loss; every step after the first is off-policy, as in the report. The optimizer
                 is reset at the start of the iteration (configurable), and theta_{i+1} becomes
@@ -48,7 +50,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mirrorl.algo.length_penalty import length_penalty_weight, length_rewards
 from mirrorl.algo.logprobs import sequence_logprobs
-from mirrorl.algo.losses import LOSSES, LossInputs, LossParams
+from mirrorl.algo.losses import LOSSES, LossInputs, LossParams, stale_weights
 from mirrorl.config import AlgoConfig, Config, SamplerConfig
 from mirrorl.data.encode import PaddedBatch, encode_prompt, pad_batch
 from mirrorl.data.samplers import CurriculumSampler, PrioritizedSampler, UniformSampler
@@ -167,6 +169,17 @@ def mask_older_segments(batch: PaddedBatch, samples: Sequence[Sample], iteration
         batch.response_mask[row, older] = 0.0
 
 
+def behaviour_logprobs(batch: PaddedBatch, samples: Sequence[Sample], iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampling policies' log-probs [N, T-1] of the response tokens, and where earlier policies wrote them."""
+    behaviour = torch.zeros_like(batch.response_mask)  # [N, T-1]
+    stale = torch.zeros_like(batch.response_mask)  # [N, T-1]
+    for row, sample in enumerate(samples):
+        start = len(sample.prompt_ids) - 1
+        behaviour[row, start : start + len(sample.logprobs)] = torch.tensor(sample.logprobs)
+        stale[row, start : start + len(sample.versions)] = torch.tensor([float(v != iteration) for v in sample.versions])
+    return behaviour, stale
+
+
 def optimize(model: PreTrainedModel, optimizer: torch.optim.Optimizer, samples: list[Sample], cfg: Config,
              pad_id: int, rng: random.Random, iteration: int) -> dict[str, float]:
     """`grad_steps` optimizer steps on mini-batches of whole groups; returns averaged loss metrics."""
@@ -175,6 +188,9 @@ def optimize(model: PreTrainedModel, optimizer: torch.optim.Optimizer, samples: 
     if cfg.rl.train_tokens == "newest":
         mask_older_segments(batch, samples, iteration)
     ref = reference_logprobs(model, batch, samples, iteration, cfg.rl.logprob_chunk_size)  # [N, T-1]
+    weights = None  # off-policy correction of partial rollouts' older segments
+    if cfg.rl.off_policy_correction == "truncated_is" and any(v != iteration for s in samples for v in s.versions):
+        weights = stale_weights(ref, *behaviour_logprobs(batch, samples, iteration), cap=cfg.rl.is_cap)  # [N]
     rewards = torch.tensor([s.reward + s.length_reward for s in samples], device=device)  # [N]
     correct = torch.tensor([s.correct for s in samples], device=device)  # [N]
     group_ids = torch.tensor([s.group_id for s in samples], device=device)  # [N]
@@ -197,7 +213,8 @@ def optimize(model: PreTrainedModel, optimizer: torch.optim.Optimizer, samples: 
         entropy_sum += float((current.entropy * sub.response_mask).sum())
         out = LOSSES[cfg.algo.loss](
             LossInputs(logprobs=logprobs, ref_logprobs=ref[rows, :width], mask=sub.response_mask,
-                       rewards=rewards[rows], correct=correct[rows], group_ids=group_ids[rows]),
+                       rewards=rewards[rows], correct=correct[rows], group_ids=group_ids[rows],
+                       weights=None if weights is None else weights[rows]),
             params,
         )
         out.loss.backward()
@@ -207,6 +224,8 @@ def optimize(model: PreTrainedModel, optimizer: torch.optim.Optimizer, samples: 
         totals.update({**out.metrics, "grad_norm": float(grad_norm)})
     model.eval()
     entropy = entropy_sum / max(1.0, float(batch.response_mask.sum()))  # of the policy as it was being updated
+    if weights is not None:
+        totals["stale_weight_mean"] = float(weights.mean()) * num_steps
     return {**{k: v / num_steps for k, v in totals.items()}, "entropy": entropy}
 
 
