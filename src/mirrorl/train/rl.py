@@ -169,14 +169,16 @@ def mask_older_segments(batch: PaddedBatch, samples: Sequence[Sample], iteration
         batch.response_mask[row, older] = 0.0
 
 
-def behaviour_logprobs(batch: PaddedBatch, samples: Sequence[Sample], iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+def behaviour_logprobs(batch: PaddedBatch, samples: Sequence[Sample],
+                       iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The sampling policies' log-probs [N, T-1] of the response tokens, and where earlier policies wrote them."""
     behaviour = torch.zeros_like(batch.response_mask)  # [N, T-1]
     stale = torch.zeros_like(batch.response_mask)  # [N, T-1]
     for row, sample in enumerate(samples):
         start = len(sample.prompt_ids) - 1
         behaviour[row, start : start + len(sample.logprobs)] = torch.tensor(sample.logprobs)
-        stale[row, start : start + len(sample.versions)] = torch.tensor([float(v != iteration) for v in sample.versions])
+        older = [float(version != iteration) for version in sample.versions]
+        stale[row, start : start + len(older)] = torch.tensor(older)
     return behaviour, stale
 
 
@@ -224,9 +226,10 @@ def optimize(model: PreTrainedModel, optimizer: torch.optim.Optimizer, samples: 
         totals.update({**out.metrics, "grad_norm": float(grad_norm)})
     model.eval()
     entropy = entropy_sum / max(1.0, float(batch.response_mask.sum()))  # of the policy as it was being updated
+    metrics = {**{k: v / num_steps for k, v in totals.items()}, "entropy": entropy}
     if weights is not None:
-        totals["stale_weight_mean"] = float(weights.mean()) * num_steps
-    return {**{k: v / num_steps for k, v in totals.items()}, "entropy": entropy}
+        metrics["stale_weight_mean"] = float(weights.mean())
+    return metrics
 
 
 def group_success(samples: list[Sample]) -> dict[int, tuple[int, float]]:
