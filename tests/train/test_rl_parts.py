@@ -5,7 +5,7 @@ import torch
 from mirrorl.config import AlgoConfig, LengthPenaltyConfig
 from mirrorl.data.encode import pad_batch
 from mirrorl.train.rl import (
-    GuardedReward, add_length_rewards, behaviour_logprobs, group_success, mask_older_segments, score,
+    GuardedReward, add_length_rewards, group_success, older_tokens, per_token, score,
 )
 from mirrorl.types import Problem, Sample
 
@@ -95,19 +95,20 @@ def test_newest_only_training_masks_the_tokens_of_earlier_iterations():
     fresh = Sample(problem_index=1, prompt_ids=[1], response_ids=[9, 9], finish_reason="stop", versions=[4, 4])
     batch = pad_batch([continued.prompt_ids, fresh.prompt_ids], [continued.response_ids, fresh.response_ids], 0,
                       torch.device("cpu"))
-    mask_older_segments(batch, [continued, fresh], iteration=4)
+    batch.response_mask *= 1 - older_tokens(batch, [continued, fresh], iteration=4)
     # position t predicts token t+1: the continued row's responses sit at positions 1..4, the fresh row's at 0..1
     assert batch.response_mask.tolist() == [[0, 0, 0, 1, 1], [1, 1, 0, 0, 0]]
 
 
-def test_behaviour_logprobs_sit_under_their_tokens_and_mark_the_older_segments():
+def test_per_token_values_sit_under_their_tokens_and_older_tokens_mark_earlier_segments():
     continued = Sample(problem_index=0, prompt_ids=[1, 2], response_ids=[5, 6, 7], finish_reason="stop",
                        versions=[3, 4, 4], logprobs=[-0.1, -0.2, -0.3])
     fresh = Sample(problem_index=1, prompt_ids=[1], response_ids=[9], finish_reason="stop", versions=[4],
                    logprobs=[-0.4])
     batch = pad_batch([continued.prompt_ids, fresh.prompt_ids], [continued.response_ids, fresh.response_ids], 0,
                       torch.device("cpu"))
-    behaviour, stale = behaviour_logprobs(batch, [continued, fresh], iteration=4)
+    behaviour = per_token(batch, [continued, fresh], [continued.logprobs, fresh.logprobs])
+    stale = older_tokens(batch, [continued, fresh], iteration=4)
     assert torch.allclose(behaviour, torch.tensor([[0.0, -0.1, -0.2, -0.3], [-0.4, 0.0, 0.0, 0.0]]))
     assert stale.tolist() == [[0, 1, 0, 0], [0, 0, 0, 0]]
 

@@ -147,13 +147,10 @@ def reference_logprobs(model: PreTrainedModel, batch: PaddedBatch, samples: Sequ
     segment) these are the log-probs the engine returned with the tokens, computed from the same
     weights; otherwise (tokens from earlier policies) one forward pass recomputes them.
     """
-    ref = torch.zeros(batch.response_mask.shape, device=batch.input_ids.device)  # [N, T-1]
     if all(v == iteration for s in samples for v in s.versions) and all(len(s.logprobs) == len(s.response_ids)
                                                                          for s in samples):
-        for row, sample in enumerate(samples):
-            start = len(sample.prompt_ids) - 1
-            ref[row, start : start + len(sample.logprobs)] = torch.tensor(sample.logprobs)
-        return ref
+        return per_token(batch, samples, [s.logprobs for s in samples])
+    ref = torch.zeros_like(batch.response_mask)  # [N, T-1]
     for start in range(0, batch.input_ids.shape[0], micro):
         rows = torch.arange(start, min(start + micro, batch.input_ids.shape[0]))
         sub = _select(batch, rows)
@@ -162,24 +159,18 @@ def reference_logprobs(model: PreTrainedModel, batch: PaddedBatch, samples: Sequ
     return ref
 
 
-def mask_older_segments(batch: PaddedBatch, samples: Sequence[Sample], iteration: int) -> None:
-    """Zero the loss mask of response tokens written by earlier policies: they stay as context only."""
-    for row, sample in enumerate(samples):
-        older = [len(sample.prompt_ids) - 1 + j for j, version in enumerate(sample.versions) if version != iteration]
-        batch.response_mask[row, older] = 0.0
-
-
-def behaviour_logprobs(batch: PaddedBatch, samples: Sequence[Sample],
-                       iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sampling policies' log-probs [N, T-1] of the response tokens, and where earlier policies wrote them."""
-    behaviour = torch.zeros_like(batch.response_mask)  # [N, T-1]
-    stale = torch.zeros_like(batch.response_mask)  # [N, T-1]
-    for row, sample in enumerate(samples):
+def per_token(batch: PaddedBatch, samples: Sequence[Sample], values: Sequence[Sequence[float]]) -> torch.Tensor:
+    """Each sample's per-response-token `values` under its tokens [N, T-1] (position t predicts token t+1)."""
+    out = torch.zeros_like(batch.response_mask)  # [N, T-1]
+    for row, (sample, row_values) in enumerate(zip(samples, values)):
         start = len(sample.prompt_ids) - 1
-        behaviour[row, start : start + len(sample.logprobs)] = torch.tensor(sample.logprobs)
-        older = [float(version != iteration) for version in sample.versions]
-        stale[row, start : start + len(older)] = torch.tensor(older)
-    return behaviour, stale
+        out[row, start : start + len(row_values)] = torch.tensor(row_values, dtype=out.dtype)
+    return out
+
+
+def older_tokens(batch: PaddedBatch, samples: Sequence[Sample], iteration: int) -> torch.Tensor:
+    """1.0 [N, T-1] under the response tokens earlier policies wrote (partial rollouts), else 0."""
+    return per_token(batch, samples, [[float(v != iteration) for v in s.versions] for s in samples])
 
 
 def optimize(model: PreTrainedModel, optimizer: torch.optim.Optimizer, samples: list[Sample], cfg: Config,
@@ -187,12 +178,14 @@ def optimize(model: PreTrainedModel, optimizer: torch.optim.Optimizer, samples: 
     """`grad_steps` optimizer steps on mini-batches of whole groups; returns averaged loss metrics."""
     device = next(model.parameters()).device
     batch = pad_batch([s.prompt_ids for s in samples], [s.response_ids for s in samples], pad_id, device)
-    if cfg.rl.train_tokens == "newest":
-        mask_older_segments(batch, samples, iteration)
+    older = older_tokens(batch, samples, iteration)  # [N, T-1]
+    if cfg.rl.train_tokens == "newest":  # tokens of earlier policies stay as context only
+        batch.response_mask *= 1 - older
     ref = reference_logprobs(model, batch, samples, iteration, cfg.rl.logprob_chunk_size)  # [N, T-1]
     weights = None  # off-policy correction of partial rollouts' older segments
-    if cfg.rl.off_policy_correction == "truncated_is" and any(v != iteration for s in samples for v in s.versions):
-        weights = stale_weights(ref, *behaviour_logprobs(batch, samples, iteration), cap=cfg.rl.is_cap)  # [N]
+    if cfg.rl.off_policy_correction == "truncated_is" and older.any():
+        behaviour = per_token(batch, samples, [s.logprobs for s in samples])  # [N, T-1]
+        weights = stale_weights(ref, behaviour, older, cap=cfg.rl.is_cap)  # [N]
     rewards = torch.tensor([s.reward + s.length_reward for s in samples], device=device)  # [N]
     correct = torch.tensor([s.correct for s in samples], device=device)  # [N]
     group_ids = torch.tensor([s.group_id for s in samples], device=device)  # [N]
