@@ -24,20 +24,21 @@ import time
 
 import torch
 
-from mirrorl.config import SamplingConfig
+from mirrorl.config import ModelConfig, SamplingConfig
 from mirrorl.data.encode import encode_prompt
 from mirrorl.data.tasks import make_split
-from mirrorl.models import TinyModelSpec, build_tiny, load_policy
-from mirrorl.rollout.engine import Engine, Request
+from mirrorl.models import build_tiny, load_policy
+from mirrorl.rollout.engine import Engine
 from mirrorl.rollout.hf_generate import hf_generate
+from mirrorl.types import Request, SamplingParams
 
 MODELS = {
-    "tiny": TinyModelSpec(),
-    "10m": TinyModelSpec(hidden_size=256, num_layers=10, num_heads=8, intermediate_size=1024, max_positions=1024),
+    "tiny": ModelConfig(),
+    "10m": ModelConfig(hidden_size=256, num_layers=10, num_heads=8, intermediate_size=1024, max_positions=1024),
 }
 
 
-def measure(name: str, model, tokenizer, prompts: list[list[int]], params: SamplingConfig, repeats: int) -> dict:
+def measure(name: str, model, tokenizer, prompts: list[list[int]], params: SamplingParams, repeats: int) -> dict:
     """Both arms on the same prompts and settings, alternated; the best of `repeats` runs each."""
     model.eval()
     engine = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
@@ -46,10 +47,9 @@ def measure(name: str, model, tokenizer, prompts: list[list[int]], params: Sampl
     utilisation = {}
     for repeat in range(repeats):  # alternate the arms so machine noise hits both alike
         start = time.perf_counter()
-        done = engine.generate([Request(p) for p in prompts], params, seed=repeat)
-        tokens = sum(len(c.token_ids) for c in done)
-        best["engine"] = max(best["engine"], tokens / (time.perf_counter() - start))
-        utilisation["engine"] = 1 - engine.idle_fraction
+        result = engine.generate([Request(p) for p in prompts], params, seed=repeat)
+        best["engine"] = max(best["engine"], result.new_tokens / (time.perf_counter() - start))
+        utilisation["engine"] = 1 - result.idle_fraction
         start = time.perf_counter()
         done = hf_generate(model, prompts, params, eos, pad, seed=repeat)
         tokens = sum(len(g.token_ids) for g in done)
@@ -71,7 +71,7 @@ def demo_workloads(path: str, repeats: int) -> list[dict]:
     """The demo's own two generation jobs on its SFT policy: one RL rollout and one evaluation."""
     model, tokenizer = load_policy(path, torch.device("cpu"))
     problems = make_split(200, seed=1)
-    params = SamplingConfig(temperature=1.0, max_new_tokens=160, batch_size=128, repeat={"enabled": False})
+    params = SamplingConfig(temperature=1.0, max_new_tokens=160, batch_size=128, repeat={"enabled": False}).params()
     rollout = [encode_prompt(tokenizer, p.prompt, True) for p in problems[:16] for _ in range(8)]
     evaluation = [encode_prompt(tokenizer, p.prompt, True) for p in problems for _ in range(4)]
     return [measure("demo_rl_rollout", model, tokenizer, rollout, params, repeats),
@@ -89,7 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     params = SamplingConfig(temperature=1.0, max_new_tokens=args.max_new_tokens, batch_size=args.batch,
-                            repeat={"enabled": False})
+                            repeat={"enabled": False}).params()
     results = []
     for name, spec in MODELS.items():
         model, tokenizer = build_tiny(spec, seed=0)

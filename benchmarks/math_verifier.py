@@ -23,7 +23,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from mirrorl.rewards.math_reward import MathRewardConfig, MatchSettings, MathVerifier
+from mirrorl.config import MatchSettings, MathRewardConfig
+from mirrorl.rewards.math_workers import MathVerifier
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT / ".." / "shared" / "data" / "math_equiv_cases.jsonl"

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import torch
 
-from mirrorl.config import SamplingConfig, SFTConfig
+from mirrorl.config import ModelConfig, SamplingConfig, SFTConfig
 from mirrorl.data.encode import encode_prompt, encode_response
-from mirrorl.models import TinyModelSpec, build_tiny, load_policy, save_policy
+from mirrorl.models import build_tiny, load_policy, save_policy
 from mirrorl.rollout.engine import Engine
 from mirrorl.rollout.partial import PartialRollouts
 from mirrorl.train.metrics import MetricsLogger
@@ -53,13 +53,14 @@ def length_policy(args: argparse.Namespace, out_dir: Path):
     if (out_dir / "policy" / "config.json").is_file():
         model, tokenizer = load_policy(str(out_dir / "policy"), torch.device("cpu"))
         return model.eval(), tokenizer
-    model, tokenizer = build_tiny(TinyModelSpec(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=192), 0)
+    model, tokenizer = build_tiny(ModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=192), 0)
     rng = random.Random(0)
     examples = []
     for index in range(2000):
         length = rng.randint(160, 240) if index % LONG_EVERY == 0 else rng.randint(8, 24)
         letters = "".join(rng.choice("abcdefgh") for _ in range(length))
-        examples.append(SFTExample(encode_prompt(tokenizer, prompt_text(index), True), encode_response(tokenizer, letters)))
+        examples.append(SFTExample(encode_prompt(tokenizer, prompt_text(index), True),
+                                   encode_response(tokenizer, letters)))
     cfg = SFTConfig(steps=args.sft_steps, batch_size=32, lr=3e-3, max_len=300)
     logger = MetricsLogger(out_dir, "sft", tensorboard=False, wandb=False)
     train_sft(model, examples, cfg, tokenizer.pad_token_id, logger, seed=0)
@@ -74,7 +75,7 @@ class Mode:
     def __init__(self, engine: Engine, tokenizer, args: argparse.Namespace, budget: int) -> None:
         self.engine, self.tokenizer, self.args = engine, tokenizer, args
         self.params = SamplingConfig(temperature=1.0, max_new_tokens=args.max_tokens,
-                                     batch_size=args.slots, repeat={"enabled": False})
+                                     batch_size=args.slots, repeat={"enabled": False}).params()
         self.buffer = PartialRollouts(group_size=args.k, segment_budget=budget)
         self.next_problem, self.finished, self.idle, self.elapsed, self.iterations = 1, [], [], 0.0, 0
 
@@ -83,11 +84,12 @@ class Mode:
             self.buffer.add(self.next_problem, encode_prompt(self.tokenizer, prompt_text(self.next_problem), True))
             self.next_problem += 1
         start = time.perf_counter()
-        ready = self.buffer.step(self.engine, self.params, seed=index, version=index)
+        self.engine.update_weights(index, self.engine.model.state_dict())
+        step = self.buffer.step(self.engine, self.params, seed=index)
         self.elapsed += time.perf_counter() - start
-        self.idle.append(self.engine.idle_fraction)
+        self.idle.append(step.idle_fraction)
         self.iterations += 1
-        self.finished += [t for group in ready for t in group]
+        self.finished += [t for group in step.groups for t in group]
 
     def report(self) -> dict:
         done = self.finished

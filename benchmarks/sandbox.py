@@ -23,7 +23,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mirrorl.rewards.sandbox import Isolation, Program, TestCase, Verdict, default_isolation, detect_isolation, run_program
+from mirrorl.rewards.sandbox import (
+    Isolation,
+    Program,
+    TestCase,
+    Verdict,
+    default_isolation,
+    detect_isolation,
+    run_program,
+)
 
 SOURCE = "a, b = map(int, input().split())\nprint(a + b)\n"
 TESTS = [TestCase("1 2\n", "3\n"), TestCase("40 2\n", "42\n"), TestCase("-5 5\n", "0\n")]
@@ -33,7 +41,8 @@ def sandboxed(isolation: Isolation, samples: int, workers: int) -> tuple[float, 
     """Samples per second and the run results."""
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(lambda _: run_program(Program("python", SOURCE), TESTS, isolation=isolation), range(samples)))
+        results = list(pool.map(lambda _: run_program(Program("python", SOURCE), TESTS, isolation=isolation),
+                                range(samples)))
     seconds = time.perf_counter() - start
     failed = [r for r in results if r.verdict is not Verdict.OK]
     if failed:
@@ -49,7 +58,8 @@ def plain(python: str, samples: int, workers: int) -> float:
 
         def sample(_: int) -> None:
             for test in TESTS:
-                done = subprocess.run([python, "-I", str(program)], input=test.input.encode(), capture_output=True, timeout=10)
+                done = subprocess.run([python, "-I", str(program)], input=test.input.encode(), capture_output=True,
+                                      timeout=10)
                 if done.stdout.decode().split() != test.output.split():
                     raise SystemExit(f"plain run failed: {done}")
 

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Install bubblewrap, the code sandbox's isolation (issue #4), unless `bwrap` is already there.
+# Install bubblewrap, the code sandbox's isolation layer, unless `bwrap` is already there.
 # Idempotent and quiet. Needs root and apt-get; without them it only warns (exit 0), and the
 # sandbox runs in its fallback mode (rlimits and cgroups), which it reports at start.
 command -v bwrap >/dev/null 2>&1 && exit 0

@@ -18,13 +18,12 @@ import pytest
 from typer.testing import CliRunner
 
 from mirrorl.cli import app
-from mirrorl.models import TinyModelSpec, build_tiny, save_policy
 from mirrorl.train import resume
 from mirrorl.train.checkpoint import find_latest
 
 TRAIN = Path(__file__).parent / "train"  # toy_rewards.py
-SMALL = ["model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64",
-         "data.num_sft=16", "data.num_rl=8", "data.num_eval=4", "run.tensorboard=false", "sft.steps=2",
+TINY = ["model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64"]
+SMALL = ["data.num_sft=16", "data.num_rl=8", "data.num_eval=4", "run.tensorboard=false", "sft.steps=2",
          "sft.batch_size=8", "rl.iterations=3", "rl.problems_per_iteration=2", "algo.num_samples=2",
          "rollout.max_new_tokens=16", "eval.num_samples=1", "rl.init_from={tmp}/policy", "run.num_threads=1"]
 RL_RUN = ["rl.init_from={tmp}/policy", "run.output_dir={tmp}/done", "rl.reward=toy_rewards:varied", "rl.save_every=1"]
@@ -85,7 +84,8 @@ CASES = {
     "row_without_prompt": (["rl", "data.train_path={tmp}/no_prompt.jsonl"], 2,
                            "{tmp}/no_prompt.jsonl:2: row has no prompt (field 'prompt')"),
     "row_without_answer": (["rl", "data.train_path={tmp}/no_answer.jsonl"], 2,
-                           "{tmp}/no_answer.jsonl:3: row has no answer (field 'answer') and no tests (field 'tests' or meta.tests)"),
+                           "{tmp}/no_answer.jsonl:3: row has no answer (field 'answer') and no tests "
+                           "(field 'tests' or meta.tests)"),
     "malformed_jsonl_line": (["rl", "data.train_path={tmp}/broken.jsonl"], 2,
                              "{tmp}/broken.jsonl:2: not valid JSON (Expecting ',' delimiter)"),
     "row_not_an_object": (["rl", "data.train_path={tmp}/list_row.jsonl"], 2,
@@ -120,7 +120,8 @@ CASES = {
     "eval_without_model": (["eval"], 2, "eval needs a model: set eval.checkpoint=DIR (or model.path=DIR)"),
     # rewards
     "unknown_reward": (["rl", "rl.reward=chain_summ"], 2,
-                       "rl.reward='chain_summ': not a registered reward (chain_sum, code, math, cot_rm, value_rm) nor 'module:function'"),
+                       "rl.reward='chain_summ': not a registered reward (chain_sum, code, math, cot_rm, value_rm) "
+                       "nor 'module:function'"),
     "reward_module_not_importable": (["rl", "rl.reward=no_such_module:score"], 2,
                                      "rl.reward='no_such_module:score': cannot import it (No module named "
                                      "'no_such_module')"),
@@ -171,10 +172,12 @@ def _tree_digest(root: Path) -> dict[str, str]:
 
 
 def _command_line(args: list[str], tmp: Path) -> list[str]:
-    """Training commands get the small model and data and a scratch run directory, before the case's own arguments."""
+    """Training commands get the small model (unless the case names one) and data and a scratch run directory,
+    before the case's own arguments."""
     args = [a.format(tmp=tmp) for a in args]
     if args[0] in ("sft", "rl", "demo", "eval"):
-        args = [args[0], *[a.format(tmp=tmp) for a in SMALL], f"run.output_dir={tmp}/scratch", *args[1:]]
+        tiny = [] if any(a.startswith("model.path=") for a in args) else TINY
+        args = [args[0], *tiny, *[a.format(tmp=tmp) for a in SMALL], f"run.output_dir={tmp}/scratch", *args[1:]]
     return args
 
 
@@ -188,15 +191,14 @@ def _invoke(args: list[str], tmp: Path):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
+def workdir(tmp_path_factory, tiny_policy_dir) -> Path:
     """Input files, a tiny policy, a finished SFT run and an RL run with checkpoints (in `done`)."""
     tmp = tmp_path_factory.mktemp("bad")
     for name, content in FILES.items():
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
-    model, tokenizer = build_tiny(TinyModelSpec(32, 1, 2, 64, 128), seed=0)
-    save_policy(model, tokenizer, tmp / "policy")
-    save_policy(model, tokenizer, tmp / "model_mismatch")
+    shutil.copytree(tiny_policy_dir, tmp / "policy")
+    shutil.copytree(tiny_policy_dir, tmp / "model_mismatch")
     config = json.loads((tmp / "model_mismatch" / "config.json").read_text())
     mismatch = {**config, "hidden_size": 64, "num_attention_heads": 4}  # the weights are for hidden size 32
     (tmp / "model_mismatch" / "config.json").write_text(json.dumps(mismatch))

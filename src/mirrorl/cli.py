@@ -187,22 +187,20 @@ def sandbox_run(
 def train_rm(config: ConfigOption = None, overrides: Overrides = None) -> None:
     """Train a value-head reward model (k1.5 sec. 2.3.5) on rm.train_path; prints held-out accuracy as JSON."""
     from mirrorl.config import dump_config
-    from mirrorl.models import TinyModelSpec, pick_device, pick_dtype
+    from mirrorl.models import pick_device, pick_dtype
     from mirrorl.recipes import prepare
-    from mirrorl.rewards.reward_models.value_head import load_rm_data, train_reward_model
     from mirrorl.train.metrics import MetricsLogger
+    from mirrorl.train.reward_model import load_rm_data, train_reward_model
 
     cfg = _config(config, overrides)
     train_rows, eval_rows = load_rm_data(cfg.rm, cfg.run.seed)  # bad data fails before the run directory changes
     out = prepare(cfg)
     device = pick_device(cfg.run.device)
-    m = cfg.model
-    tiny = TinyModelSpec(m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size, m.max_positions)
     (out / "rm").mkdir(exist_ok=True)
     (out / "rm" / "config.yaml").write_text(dump_config(cfg))
     logger = MetricsLogger(out, "rm", cfg.run.tensorboard, cfg.run.wandb)
     try:
-        result = train_reward_model(cfg.rm, train_rows, eval_rows, out / "rm" / "final", tiny, cfg.run.seed,
+        result = train_reward_model(cfg.rm, train_rows, eval_rows, out / "rm" / "final", cfg.model, cfg.run.seed,
                                     device, pick_dtype(cfg.run.dtype, device), logger)
     finally:
         logger.close()
@@ -212,15 +210,20 @@ def train_rm(config: ConfigOption = None, overrides: Overrides = None) -> None:
 @app.command("gen-tests")
 @_user_errors
 def gen_tests_command(
-    problems: Annotated[Path, typer.Argument(help="JSON lines: id, statement, solutions [{language, source}], generator?")],
+    problems: Annotated[Path,
+                        typer.Argument(help="JSON lines: id, statement, solutions [{language, source}], generator?")],
     out: Annotated[Path, typer.Argument(help="Where the kept problems go, with meta.tests (JSON lines).")],
-    report: Annotated[Path | None, typer.Option(help="The report (JSON); default OUT with suffix .report.json.")] = None,
-    generator: Annotated[Path | None, typer.Option(help="CYaRon generator for rows without one, or a dir of <id>.py.")] = None,
-    model: Annotated[str | None, typer.Option(help="HF causal LM dir that writes generators for rows still without one.")] = None,
+    report: Annotated[Path | None,
+                      typer.Option(help="The report (JSON); default OUT with suffix .report.json.")] = None,
+    generator: Annotated[Path | None,
+                         typer.Option(help="CYaRon generator for rows without one, or a dir of <id>.py.")] = None,
+    model: Annotated[str | None,
+                     typer.Option(help="HF causal LM dir that writes generators for rows still without one.")] = None,
     num_inputs: Annotated[int, typer.Option(help="Generator runs per problem.")] = 50,
     num_solutions: Annotated[int, typer.Option(help="Solutions run per problem, chosen at random.")] = 10,
     min_agree: Annotated[int, typer.Option(help="A test is kept when this many solutions agree on its output.")] = 7,
-    min_passing: Annotated[int, typer.Option(help="A problem is kept when this many solutions pass all its tests.")] = 9,
+    min_passing: Annotated[int,
+                           typer.Option(help="A problem is kept when this many solutions pass all its tests.")] = 9,
     min_tests: Annotated[int, typer.Option(help="A problem is kept only with this many tests.")] = 40,
     seed: Annotated[int, typer.Option(help="Seeds the choice of solutions and the generator seeds.")] = 0,
     workers: Annotated[int, typer.Option(help="Sandboxes run at once; 0 means one per CPU core.")] = 0,

@@ -10,7 +10,6 @@ well under a million parameters, so the demo and the tests need no download.
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,23 +24,14 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from mirrorl.config import ModelConfig
+
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 # A user turn followed by a newline; the assistant's reply follows directly (no role markers).
 TINY_CHAT_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'assistant' %}{{ m['content'] }}{{ eos_token }}"
     "{% else %}{{ m['content'] }}\n{% endif %}{% endfor %}"
 )
-
-
-@dataclass(frozen=True)
-class TinyModelSpec:
-    """Shape of the built-in Llama-style model."""
-
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 384
-    max_positions: int = 512
 
 
 def build_char_tokenizer() -> PreTrainedTokenizerFast:
@@ -60,8 +50,8 @@ def build_char_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_tiny(spec: TinyModelSpec, seed: int) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
-    """A freshly initialised tiny Llama-style model and its character tokenizer."""
+def build_tiny(spec: ModelConfig, seed: int) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """A freshly initialised tiny Llama-style model of the shape `spec` gives, and its character tokenizer."""
     tokenizer = build_char_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),

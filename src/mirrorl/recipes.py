@@ -28,8 +28,10 @@ from mirrorl.config import Config, dump_config
 from mirrorl.data.encode import encode_prompt, encode_response
 from mirrorl.data.io import load_split
 from mirrorl.eval.evaluate import EvalResult, evaluate
-from mirrorl.models import TinyModelSpec, build_tiny, load_policy, pick_device, pick_dtype, save_policy
+from mirrorl.models import build_tiny, load_policy, pick_device, pick_dtype, save_policy
+from mirrorl.rewards.batch import GuardedReward
 from mirrorl.rewards.registry import get_reward
+from mirrorl.rollout.engine import Engine
 from mirrorl.train.checkpoint import Checkpoint, CheckpointStore, find_latest
 from mirrorl.train.metrics import MetricsLogger, console
 from mirrorl.train.resume import (
@@ -43,7 +45,7 @@ from mirrorl.train.resume import (
 )
 from mirrorl.train.rl import train_rl
 from mirrorl.train.sft import SFTExample, train_sft
-
+from mirrorl.train.trainer import LocalTrainer
 
 # Settings a resumed phase must keep: its saved data cursor, batch order or replay buffer depend on
 # them. (The loops also compare a digest of the examples or problems, which catches a changed file.)
@@ -75,9 +77,7 @@ def open_policy(cfg: Config, path: str | Path | None) -> tuple[PreTrainedModel, 
     """The policy at `path`, or the freshly built tiny model when `path` is None."""
     device = pick_device(cfg.run.device)
     if path is None:
-        m = cfg.model
-        spec = TinyModelSpec(m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size, m.max_positions)
-        model, tokenizer = build_tiny(spec, cfg.run.seed)
+        model, tokenizer = build_tiny(cfg.model, cfg.run.seed)
         return model.to(device=device, dtype=pick_dtype(cfg.run.dtype, device)), tokenizer
     text = str(path)
     # A hub repo id is 'name' or 'namespace/name': anything else that does not exist is a missing directory.
@@ -131,7 +131,8 @@ def run_sft(cfg: Config, start: Start = "new") -> Path:
         raise ValueError(f"no SFT data: the rows need a {cfg.data.solution_field!r} field with the response")
     model, tokenizer = open_policy(cfg, cfg.model.path if resume is None else resume.path / MODEL_DIR)
     examples = [
-        SFTExample(encode_prompt(tokenizer, p.prompt, cfg.data.use_chat_template), encode_response(tokenizer, p.solution))
+        SFTExample(encode_prompt(tokenizer, p.prompt, cfg.data.use_chat_template),
+                   encode_response(tokenizer, p.solution))
         for p in problems
     ]
     checkpointing, logger = _begin(cfg, "sft", start, resume, cfg.sft.save_every, tokenizer)
@@ -147,7 +148,7 @@ def run_sft(cfg: Config, start: Start = "new") -> Path:
 
 def run_rl(cfg: Config, start: Start = "new") -> Path:
     """RL from `rl.init_from`, else the run's SFT output, else `model.path`; returns the saved policy."""
-    get_reward(cfg.rl.reward, cfg.rewards)  # a misspelt reward fails before any work
+    reward = GuardedReward(get_reward(cfg.rl.reward, cfg.rewards))  # a misspelt reward fails before any work
     out = prepare(cfg)
     resume = _phase_start(cfg, "rl", start, cfg.rl.iterations)
     if resume is not None:
@@ -158,9 +159,12 @@ def run_rl(cfg: Config, start: Start = "new") -> Path:
         raise ValueError("rl needs a starting policy: set rl.init_from or model.path, or run `mirrorl sft` first")
     problems = load_split(cfg.data, "rl", cfg.run.seed)
     model, tokenizer = open_policy(cfg, policy)
+    trainer = LocalTrainer(model, tokenizer, cfg.algo.loss, cfg.algo.loss_params(), cfg.rl.lr, cfg.rl.grad_clip,
+                           cfg.rl.logprob_chunk_size, cfg.rl.off_policy_correction, cfg.rl.is_cap)
+    generator = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)  # colocated: the trainer's weights
     checkpointing, logger = _begin(cfg, "rl", start, resume, cfg.rl.save_every, tokenizer)
     try:
-        result = train_rl(model, tokenizer, problems, cfg, logger, checkpointing)
+        result = train_rl(trainer, generator, reward, tokenizer, problems, cfg, logger, checkpointing)
     finally:
         logger.close()
     save_policy(model, tokenizer, out / "rl" / "final")
@@ -171,15 +175,23 @@ def run_rl(cfg: Config, start: Start = "new") -> Path:
 
 def run_eval(cfg: Config, checkpoint: str | Path, name: str) -> EvalResult:
     """Evaluate a policy on the held-out split and write `eval_<name>.json`."""
+    reward = GuardedReward(get_reward(cfg.rl.reward, cfg.rewards))
     out = prepare(cfg)
     model, tokenizer = open_policy(cfg, checkpoint)
     problems = load_split(cfg.data, "eval", cfg.run.seed)
-    result = evaluate(model, tokenizer, problems, get_reward(cfg.rl.reward, cfg.rewards), cfg.eval, cfg.rollout,
+    temperature = cfg.rollout.temperature if cfg.eval.temperature is None else cfg.eval.temperature
+    params = cfg.rollout.params(temperature=temperature)
+    generator = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    result = evaluate(generator, tokenizer, problems, reward, params, cfg.eval.num_samples, cfg.eval.greedy,
                       cfg.data.use_chat_template, cfg.run.seed)
     (out / f"eval_{name}.json").write_text(json.dumps({"checkpoint": str(checkpoint), **result.as_dict()}, indent=2))
     greedy = "-" if result.greedy_accuracy is None else f"{result.greedy_accuracy:.3f}"
     console.print(f"eval {name}: pass@1 {result.pass1:.3f} (n={result.num_samples}), greedy {greedy}, "
                   f"mean tokens {result.mean_tokens:.1f} on {result.num_problems} problems")
+    if result.unscored:
+        console.print(f"eval {name}: {result.unscored} responses unscored (the reward returned None or raised), "
+                      f"left out of the accuracies" + (f"; first error: {result.first_reward_error}"
+                                                       if result.first_reward_error else ""))
     return result
 
 

@@ -51,4 +51,5 @@ def test_sequence_logprobs_matches_full_forward_and_padding():
     left[0, 2:] = ids[1, :6]
     left_mask = torch.zeros_like(left)
     left_mask[0, 2:] = 1
-    torch.testing.assert_close(sequence_logprobs(model, left, left_mask).logprobs[0, 2:], short[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sequence_logprobs(model, left, left_mask).logprobs[0, 2:], short[0],
+                               rtol=1e-5, atol=1e-5)

@@ -1,12 +1,19 @@
 """Losses against hand-derived numbers, and the mirror-descent gradient against the report's eq. 3."""
 
+from functools import partial
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mirrorl.algo.logprobs import sequence_logprobs
 from mirrorl.algo.losses import (
-    LossInputs, LossParams, group_mean, group_pg_loss, mirror_descent_loss, rest_loss, stale_weights,
+    LossInputs,
+    group_mean,
+    group_pg_loss,
+    mirror_descent_loss,
+    rest_loss,
+    stale_weights,
 )
 
 
@@ -27,15 +34,16 @@ def test_stale_weights_by_hand():
 def test_weights_scale_each_samples_share_of_the_loss():
     inputs = _inputs([[-1.0, -1.0], [-3.0, 0.0]], [[-2.0, -1.0], [-2.0, 0.0]], [[1.0, 1.0], [1.0, 0.0]],
                      [1.0, 0.0], [True, False], [0, 0])
-    params = LossParams(tau=0.1)
-    for loss in (mirror_descent_loss, rest_loss, group_pg_loss):
-        plain = float(loss(inputs, params).loss)
+    losses = [partial(mirror_descent_loss, tau=0.1, length_normalize=False), rest_loss,
+              partial(group_pg_loss, clip_eps=0.2, scale_by_std=False)]
+    for loss in losses:
+        plain = float(loss(inputs).loss)
         inputs.weights = torch.ones(2)
-        assert float(loss(inputs, params).loss) == pytest.approx(plain)
+        assert float(loss(inputs).loss) == pytest.approx(plain)
         inputs.weights = None
     # mirror descent: residuals 0.16 and 0.16 (see the hand example below); weights [1, 0.25] -> (0.16 + 0.04) / 2 / 0.2
     inputs.weights = torch.tensor([1.0, 0.25])
-    assert float(mirror_descent_loss(inputs, params).loss) == pytest.approx(0.5)
+    assert float(mirror_descent_loss(inputs, tau=0.1, length_normalize=False).loss) == pytest.approx(0.5)
 
 
 def test_group_mean():
@@ -49,13 +57,13 @@ def test_mirror_descent_value_by_hand():
     # residuals (0.5 - 0.5*1)^2 = 0, (-0.5 + 0.5)^2 = 0 -> loss 0
     inputs = _inputs([[-1.0, -1.0, -9.0], [-3.0, 0.0, 0.0]], [[-2.0, -1.0, 0.0], [-2.0, 0.0, 0.0]],
                      [[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]], [1.0, 0.0], [True, False], [0, 0])
-    assert float(mirror_descent_loss(inputs, LossParams(tau=0.5)).loss) == pytest.approx(0.0)
+    assert float(mirror_descent_loss(inputs, tau=0.5, length_normalize=False).loss) == pytest.approx(0.0)
     # tau 0.1: residuals (0.5 - 0.1)^2 = 0.16, (-0.5 + 0.1)^2 = 0.16 -> mean 0.16 / 0.2 = 0.8
-    out = mirror_descent_loss(inputs, LossParams(tau=0.1))
+    out = mirror_descent_loss(inputs, tau=0.1, length_normalize=False)
     assert float(out.loss) == pytest.approx(0.8)
     assert out.metrics["log_ratio_mean"] == pytest.approx(0.0)
     # length-normalised: 0.16 / 2 tokens and 0.16 / 1 token -> mean 0.12 / 0.2 = 0.6
-    assert float(mirror_descent_loss(inputs, LossParams(tau=0.1, length_normalize=True)).loss) == pytest.approx(0.6)
+    assert float(mirror_descent_loss(inputs, tau=0.1, length_normalize=True).loss) == pytest.approx(0.6)
 
 
 def _tiny_model(seed: int) -> LlamaForCausalLM:
@@ -88,7 +96,7 @@ def test_mirror_descent_gradient_equals_eq3(perturb):
 
     inputs = LossInputs(sequence_logprobs(policy, ids, attention).logprobs, ref, mask, rewards,
                         rewards > 0, torch.zeros(k, dtype=torch.long))
-    grads = torch.autograd.grad(mirror_descent_loss(inputs, LossParams(tau=tau)).loss, params)
+    grads = torch.autograd.grad(mirror_descent_loss(inputs, tau=tau, length_normalize=False).loss, params)
 
     rbar = rewards.mean()
     expected = [torch.zeros_like(p) for p in params]
@@ -115,13 +123,13 @@ def test_rest_ignores_wrong_samples():
     logprobs = torch.tensor([[-1.0, -3.0], [-5.0, -5.0]], requires_grad=True)
     inputs = LossInputs(logprobs, logprobs.detach(), torch.ones(2, 2), torch.tensor([1.0, 0.0]),
                         torch.tensor([True, False]), torch.tensor([0, 0]))
-    out = rest_loss(inputs, LossParams())
+    out = rest_loss(inputs)
     assert float(out.loss.detach()) == pytest.approx(2.0)
     out.loss.backward()
     assert logprobs.grad[1].abs().sum() == 0 and logprobs.grad[0].tolist() == [-0.5, -0.5]
     none_correct = LossInputs(logprobs, logprobs.detach(), torch.ones(2, 2), torch.zeros(2),
                               torch.tensor([False, False]), torch.tensor([0, 0]))
-    assert float(rest_loss(none_correct, LossParams()).loss.detach()) == 0.0
+    assert float(rest_loss(none_correct).loss.detach()) == 0.0
 
 
 def test_group_pg_clips_by_hand():
@@ -130,11 +138,11 @@ def test_group_pg_clips_by_hand():
     # sample 1: ratio e^-0.5 = 0.6065 < 0.8 -> min(0.6065 * -0.5, 0.8 * -0.5) = -0.4
     # loss = -(0.6 - 0.4) / 2 = -0.1
     inputs = _inputs([[0.5], [-0.5]], [[0.0], [0.0]], [[1.0], [1.0]], [1.0, 0.0], [True, False], [3, 3])
-    out = group_pg_loss(inputs, LossParams(clip_eps=0.2))
+    out = group_pg_loss(inputs, clip_eps=0.2, scale_by_std=False)
     assert float(out.loss) == pytest.approx(-0.1)
     assert out.metrics["clip_fraction"] == 1.0
     # inside the clip range the objective is ratio * advantage: ratio 1 -> -(0.5 - 0.5) / 2 = 0
     flat = _inputs([[0.0], [0.0]], [[0.0], [0.0]], [[1.0], [1.0]], [1.0, 0.0], [True, False], [3, 3])
-    assert float(group_pg_loss(flat, LossParams()).loss) == pytest.approx(0.0)
+    assert float(group_pg_loss(flat, clip_eps=0.2, scale_by_std=False).loss) == pytest.approx(0.0)
     # GRPO scaling: group std of advantages [0.5, -0.5] is 0.5 -> advantages +-1 -> sample 0: 1.2, sample 1: -0.8
-    assert float(group_pg_loss(inputs, LossParams(scale_by_std=True)).loss) == pytest.approx(-0.2, abs=1e-5)
+    assert float(group_pg_loss(inputs, clip_eps=0.2, scale_by_std=True).loss) == pytest.approx(-0.2, abs=1e-5)

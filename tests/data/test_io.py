@@ -15,7 +15,8 @@ def _write(path: Path, rows: list) -> Path:
 
 
 def test_jsonl_round_trip(tmp_path):
-    path = _write(tmp_path / "p.jsonl", [{"prompt": "1+1?", "answer": 2, "difficulty": 1}, {"prompt": "x", "answer": "y"}])
+    path = _write(tmp_path / "p.jsonl",
+                  [{"prompt": "1+1?", "answer": 2, "difficulty": 1}, {"prompt": "x", "answer": "y"}])
     problems = load_problems(str(path), DataConfig())
     assert [(p.prompt, p.answer, p.difficulty) for p in problems] == [("1+1?", "2", 1.0), ("x", "y", None)]
 
@@ -37,7 +38,8 @@ def test_parquet_and_datasets_dir(tmp_path):
     [
         ([{"prompt": "ok", "answer": "1"}, {"answer": "2"}], r"p.jsonl:2: row has no prompt \(field 'prompt'\)"),
         ([{"prompt": "ok"}], r"p.jsonl:1: row has no answer \(field 'answer'\)"),
-        ([{"prompt": "ok", "answer": "1", "difficulty": "hard"}], r"p.jsonl:1: difficulty must be a number, got 'hard'"),
+        ([{"prompt": "ok", "answer": "1", "difficulty": "hard"}],
+         r"p.jsonl:1: difficulty must be a number, got 'hard'"),
         ([[1, 2]], r"p.jsonl:1: expected a JSON object, got list"),
     ],
 )

@@ -5,9 +5,9 @@ import re
 
 import pytest
 
+from mirrorl.config import DataConfig
 from mirrorl.data import tasks
 from mirrorl.data.io import builtin_splits
-from mirrorl.config import DataConfig
 
 
 def test_trace_is_correct_and_verifies():

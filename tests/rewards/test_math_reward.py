@@ -10,6 +10,7 @@ import time
 import pytest
 from pydantic import ValidationError
 
+from mirrorl.config import MatchSettings, MathRewardConfig
 from mirrorl.rewards.answer_extraction import (
     as_latex_source,
     find_answer_phrase,
@@ -18,17 +19,10 @@ from mirrorl.rewards.answer_extraction import (
     find_last_number,
     guard_reason,
 )
-from mirrorl.rewards.math_reward import (
-    MathRewardConfig,
-    MathVerdict,
-    MathVerifier,
-    MatchSettings,
-    judge,
-    math_reward,
-    reward_from_verdicts,
-)
+from mirrorl.rewards.math_reward import reward_from_verdicts
+from mirrorl.rewards.math_workers import MathVerdict, MathVerifier, guard_limits, judge
 
-LIMITS = MathRewardConfig().limits()
+LIMITS = guard_limits(MathRewardConfig())
 
 
 # --- extraction -------------------------------------------------------------------------------
@@ -248,13 +242,16 @@ def test_worker_killed_mid_call_gives_error_and_is_replaced():
         assert (pool.counters()["crashes"], pool.counters()["respawns"]) == (1, 1)
 
 
-def test_math_reward_function():
-    assert math_reward(r"... so $x = \boxed{\dfrac{1}{2}}$.", "0.5") == 1.0
-    assert math_reward("The answer is 7.", "8") == 0.0
-    assert math_reward(r"\boxed{2^{2^{2^{2^{100}}}}}", "8") is None
+def test_pool_verdicts_become_rewards_and_an_error_is_none(verifier):
+    pairs = [
+        (r"... so $x = \boxed{\dfrac{1}{2}}$.", "0.5"),
+        ("The answer is 7.", "8"),
+        (r"\boxed{2^{2^{2^{2^{100}}}}}", "8"),  # refused: an error verdict, not a wrong answer
+    ]
+    assert reward_from_verdicts(verifier.verify_batch(pairs)) == [1.0, 0.0, None]
 
 
-def test_registry_math_reward_uses_the_runs_settings_and_scores_a_batch():
+def test_registry_math_reward_uses_the_runs_settings_and_scores_a_batch_in_order():
     from mirrorl.config import RewardsConfig
     from mirrorl.rewards.registry import get_reward
     from mirrorl.types import Problem
@@ -262,5 +259,7 @@ def test_registry_math_reward_uses_the_runs_settings_and_scores_a_batch():
     reward = get_reward("math", RewardsConfig())
     problem = Problem(id="p", prompt="q", answer="1/2")
     assert reward.config == RewardsConfig().math
-    assert reward.score_batch([(r"so \boxed{0.5}", problem), ("The answer is 3.", problem)]) == [1.0, 0.0]
-    assert reward(r"\boxed{\frac{2}{4}}", problem) == 1.0
+    other = Problem(id="q", prompt="q", answer="3")
+    responses = [r"so \boxed{0.5}", "The answer is 3.", r"\boxed{\frac{2}{4}}", "The answer is 3."]
+    assert reward(responses, [problem, problem, problem, other]) == [1.0, 0.0, 1.0, 1.0]
+    assert reward([], []) == []

@@ -17,30 +17,29 @@ import torch
 from pydantic import ValidationError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from mirrorl.config import CoTRMConfig, ModelConfig, RewardsConfig, RMTrainConfig, ValueHeadRMConfig
 from mirrorl.data.encode import encode_prompt
-from mirrorl.models import TinyModelSpec, build_char_tokenizer, build_tiny, save_policy
+from mirrorl.models import build_char_tokenizer, build_tiny, save_policy
+from mirrorl.rewards.batch import GuardedReward
 from mirrorl.rewards.registry import get_reward
-from mirrorl.rewards.reward_models.common import CoTRMConfig, RMTrainConfig, ValueHeadRMConfig, fill_template
+from mirrorl.rewards.reward_models.common import fill_template
 from mirrorl.rewards.reward_models.cot import CoTRewardModel, judge_completion, parse_verdict
-from mirrorl.rewards.reward_models.value_head import (
+from mirrorl.rewards.reward_models.value_head import RMInput, ValueHeadReward, encode_input, map_score, score_inputs
+from mirrorl.rollout.engine import Engine
+from mirrorl.train.metrics import MetricsLogger
+from mirrorl.train.reward_model import (
     Labelled,
-    RMInput,
-    ValueHeadReward,
-    encode_input,
     load_rm_data,
     load_rm_rows,
-    map_score,
     pairwise_loss,
     pointwise_loss,
-    score_inputs,
     train_reward_model,
 )
-from mirrorl.train.metrics import MetricsLogger
 from mirrorl.train.rl import score
 from mirrorl.types import Problem, Sample
 
 torch.set_num_threads(1)
-SPEC = TinyModelSpec(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, max_positions=160)
+SPEC = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, max_positions=160)
 JUDGE_TEMPLATE = "Q:{question} R:{reference} A:{response}"
 CPU = torch.device("cpu")
 
@@ -149,59 +148,63 @@ def judge_config(path, **changes) -> CoTRMConfig:
     return CoTRMConfig(**{**settings, **changes})
 
 
+def judge_from(path, **changes) -> CoTRewardModel:
+    """The judge as the registry builds it: the model at `path` decoding through the engine."""
+    return get_reward("cot_rm", RewardsConfig(cot_rm=judge_config(path, **changes)))
+
+
 def test_trained_judge_scores_through_the_engine_in_request_order(judge_dir):
-    judge = CoTRewardModel(judge_config(judge_dir))  # loads from the path on first use
+    judge = judge_from(judge_dir)
     answers = [7, 1, 2, 7, 3, 4, 5, 6, 7, 8, 9, 0]  # 12 requests through 4 slots: slots are refilled
     items = [(f"a-2={a} answer:{a}", problem("7")) for a in answers]
-    verdicts = judge.judge_batch(items)
+    verdicts = judge.judge(*zip(*items))
     assert [v.reward for v in verdicts] == [1.0 if a == 7 else 0.0 for a in answers]
     assert verdicts[0].judgement == 'same. {"correct": true}'
     assert verdicts[1].judgement == 'differ. {"correct": false}'
     assert judge.counts == {"judged": 10, "cache_hits": 2, "correct": 3, "incorrect": 9}  # answer 7 asked 3 times
-    assert judge("a-2=7 answer:7", problem("7")) == 1.0  # the RL loop's one-sample call, from the cache
+    assert judge(["a-2=7 answer:7"], [problem("7")]) == [1.0]  # from the cache
     assert judge.counts["judged"] == 10
 
 
 def test_garbage_from_a_real_model_is_none_and_the_loop_drops_it():
     model, tokenizer = build_tiny(SPEC, 1)  # untrained: writes random characters
     config = CoTRMConfig(template=JUDGE_TEMPLATE, max_new_tokens=30, accept_unfinished=True)  # the parser sees it all
-    judge = CoTRewardModel.from_model(model, tokenizer, config)
+    judge = CoTRewardModel(config, Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id), tokenizer)
     items = [(f"a-2={a} answer:{a}", problem("7")) for a in range(6)]
-    verdicts = judge.judge_batch(items)
+    verdicts = judge.judge(*zip(*items))
     assert all(len(v.judgement) > 5 for v in verdicts)  # it did write something
     assert [v.reward for v in verdicts] == [None] * 6
     assert judge.counts["no_json"] + judge.counts["missing_key"] == 6
     samples = [Sample(0, [], [], "stop", text=response) for response, _ in items]
-    assert score(samples, [problem("7")], judge) == []  # dropped, not scored 0
+    assert score(samples, [problem("7")], GuardedReward(judge)) == ([], [])  # dropped, not scored 0
 
 
 def test_cut_off_judgements_are_errors(judge_dir):
     items = [("a-2=7 answer:7", problem("7")), ("a-2=3 answer:3", problem("7"))]
-    short = CoTRewardModel(judge_config(judge_dir, max_new_tokens=12))  # 'same. {"corr' is 12 characters
-    assert [(v.reward, v.error) for v in short.judge_batch(items)] == [(None, "unfinished")] * 2
-    lenient = CoTRewardModel(judge_config(judge_dir, max_new_tokens=12, accept_unfinished=True))
-    assert [(v.reward, v.error) for v in lenient.judge_batch(items)] == [(None, "no_json")] * 2
+    short = judge_from(judge_dir, max_new_tokens=12)  # 'same. {"corr' is 12 characters
+    assert [(v.reward, v.error) for v in short.judge(*zip(*items))] == [(None, "unfinished")] * 2
+    lenient = judge_from(judge_dir, max_new_tokens=12, accept_unfinished=True)
+    assert [(v.reward, v.error) for v in lenient.judge(*zip(*items))] == [(None, "no_json")] * 2
 
 
 def test_duplicates_cache_and_too_long_prompts(judge_dir, monkeypatch):
-    judge = CoTRewardModel(judge_config(judge_dir, cache_size=2))
-    judge.score_batch([("x", problem("7"))])  # loads the model
+    judge = judge_from(judge_dir, cache_size=2)
     calls = []
-    original = judge._engine.generate
+    original = judge.generator.generate
 
     def counting(requests, *args, **kwargs):
         calls.append(len(requests))
         return original(requests, *args, **kwargs)
 
-    monkeypatch.setattr(judge._engine, "generate", counting)
+    monkeypatch.setattr(judge.generator, "generate", counting)
     a, b, c = ("a-2=7 answer:7", problem("7")), ("a-2=3 answer:3", problem("7")), ("a-2=4 answer:4", problem("7"))
-    assert judge.score_batch([a, b, a]) == [1.0, 0.0, 1.0]
+    assert judge(*zip(a, b, a)) == [1.0, 0.0, 1.0]
     assert calls == [2]  # a judged once
-    judge.score_batch([b, c])  # c evicts a (cache of 2)
-    judge.score_batch([a])
+    judge(*zip(b, c))  # c evicts a (cache of 2)
+    judge(*zip(a))
     assert calls == [2, 1, 1]
     huge = ("answer:7 " * 30, problem("7", question="a=9. a-2?" * 10))  # prompt + 40 new tokens > 160 positions
-    verdict = judge.judge_batch([huge, a])
+    verdict = judge.judge(*zip(huge, a))
     assert [(v.reward, v.error) for v in verdict] == [(None, "too_long"), (1.0, None)]
     assert calls == [2, 1, 1]  # a came from the cache, huge was never sent
 
@@ -209,16 +212,16 @@ def test_duplicates_cache_and_too_long_prompts(judge_dir, monkeypatch):
 def test_judge_plugs_into_the_registry(judge_dir, tmp_path, monkeypatch):
     config = judge_config(judge_dir).model_dump_json()
     (tmp_path / "my_judge.py").write_text(
-        "from mirrorl.rewards.reward_models.common import CoTRMConfig\n"
-        "from mirrorl.rewards.reward_models.cot import CoTRewardModel\n"
-        f"judge = CoTRewardModel(CoTRMConfig.model_validate_json({config!r}))\n"
+        "from mirrorl.config import CoTRMConfig, RewardsConfig\n"
+        "from mirrorl.rewards.registry import get_reward\n"
+        f"judge = get_reward('cot_rm', RewardsConfig(cot_rm=CoTRMConfig.model_validate_json({config!r})))\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    reward_fn = get_reward("my_judge:judge")
+    reward_fn = get_reward("my_judge:judge")  # a batch reward object is taken as it is, not lifted
     assert isinstance(reward_fn, CoTRewardModel)
-    assert (reward_fn("a-2=7 answer:7", problem("7")), reward_fn("a-2=5 answer:5", problem("7"))) == (1.0, 0.0)
-    with pytest.raises(ValueError, match="rewards.cot_rm.path is not set"):
-        CoTRewardModel(CoTRMConfig())("x", problem("7"))
+    assert reward_fn(["a-2=7 answer:7", "a-2=5 answer:5"], [problem("7")] * 2) == [1.0, 0.0]
+    with pytest.raises(ValueError, match="rl.reward=cot_rm needs rewards.cot_rm.path"):
+        get_reward("cot_rm", RewardsConfig())
     monkeypatch.delitem(sys.modules, "my_judge")
 
 
@@ -318,7 +321,7 @@ def test_value_head_learns_preferences_saves_and_reloads(tmp_path, monkeypatch):
     rebatched = score_inputs(model, tokenizer, inputs, 512, 40)  # padding does not change a score
     assert torch.allclose(torch.tensor(rebatched), torch.tensor(trained), atol=1e-5)
 
-    module = f"from mirrorl.rewards.reward_models.common import ValueHeadRMConfig\n" \
+    module = f"from mirrorl.config import ValueHeadRMConfig\n" \
              f"from mirrorl.rewards.reward_models.value_head import ValueHeadReward\n" \
              f"rm = ValueHeadReward(ValueHeadRMConfig(path={str(tmp_path / 'rm')!r}, device='cpu', mapping='raw'))\n"
     (tmp_path / "my_rm.py").write_text(module)
@@ -326,8 +329,7 @@ def test_value_head_learns_preferences_saves_and_reloads(tmp_path, monkeypatch):
     reward_fn = get_reward("my_rm:rm")
     items = [(pair.chosen.response, Problem("p", pair.chosen.question, "17")) for pair in eval_pairs]
     items += [(pair.rejected.response, Problem("p", pair.rejected.question, "17")) for pair in eval_pairs]
-    assert reward_fn.score_batch(items) == pytest.approx(trained, abs=1e-5)  # through the registry, same scores
-    assert reward_fn(*items[0]) == pytest.approx(trained[0], abs=1e-5)
+    assert reward_fn(*zip(*items)) == pytest.approx(trained, abs=1e-5)  # through the registry, same scores
     monkeypatch.delitem(sys.modules, "my_rm")
 
 
@@ -342,4 +344,4 @@ def test_pointwise_objective_learns_labels(tmp_path):
     assert (result.num_train, result.num_eval) == (320, 80) and result.eval_accuracy > 0.9
     reward = ValueHeadReward(ValueHeadRMConfig(path=str(tmp_path / "rm"), device="cpu", mapping="threshold"))
     items = [(r["response"], Problem("p", r["prompt"], "17")) for r in rows[:20]]  # the 0/1 reward agrees with labels
-    assert sum(v == float(r["label"]) for v, r in zip(reward.score_batch(items), rows[:20])) >= 18
+    assert sum(v == float(r["label"]) for v, r in zip(reward(*zip(*items)), rows[:20])) >= 18

@@ -18,11 +18,11 @@ import pytest
 
 from mirrorl.config import DataConfig, SamplingConfig
 from mirrorl.data.io import load_problems
-from mirrorl.models import TinyModelSpec, build_tiny, save_policy
+from mirrorl.models import save_policy
 from mirrorl.rewards.sandbox import Limits, Program, code_reward, default_isolation
 from mirrorl.rewards.testgen import (
-    GenTestsConfig,
     Generator,
+    GenTestsConfig,
     Reason,
     bootstrap,
     gen_tests_cli,
@@ -36,6 +36,7 @@ from mirrorl.rewards.testgen import (
     writer,
 )
 from mirrorl.rewards.testgen.writer import write_generators
+from mirrorl.rollout.engine import Engine
 
 DATA = Path(__file__).parent / "data"
 SUM_GENERATOR = (DATA / "sum_generator.py").read_text()
@@ -148,7 +149,8 @@ def test_generator_imports_cyaron_in_the_sandbox_and_gets_its_seed():
 
 def test_generator_cannot_write_outside_the_sandbox_and_fails_harmlessly(tmp_path):
     target = tmp_path / "escaped.txt"
-    source = f"open('scratch.txt', 'w').write('in the sandbox: fine')\nopen({str(target)!r}, 'w').write('pwned')\nprint(1, 2)\n"
+    source = ("open('scratch.txt', 'w').write('in the sandbox: fine')\n"
+              f"open({str(target)!r}, 'w').write('pwned')\nprint(1, 2)\n")
     report = run_one(sum_row("escape", CORRECT, source), tmp_path, **SMALL)
     assert report.reason is Reason.GENERATOR_FAILED
     assert "Error" in report.detail  # FileNotFoundError (bubblewrap) or PermissionError (fallback, uid 65534)
@@ -157,7 +159,8 @@ def test_generator_cannot_write_outside_the_sandbox_and_fails_harmlessly(tmp_pat
 
 
 def test_generator_that_loops_forever_is_stopped(tmp_path):
-    report = run_one(sum_row("loop", CORRECT, "while True:\n    pass\n"), tmp_path, **{**SMALL, "num_inputs": 1, "min_tests": 1})
+    report = run_one(sum_row("loop", CORRECT, "while True:\n    pass\n"), tmp_path,
+                     **{**SMALL, "num_inputs": 1, "min_tests": 1})
     assert report.reason is Reason.GENERATOR_FAILED
     assert "CPU" in report.detail  # the timeout verdict's detail
 
@@ -199,14 +202,15 @@ def test_four_of_ten_wrong_solutions_drop_the_problem_by_the_9_of_10_rule(tmp_pa
 def test_inputs_on_which_solutions_disagree_are_dropped_by_the_7_of_10_rule(tmp_path):
     # Four print noise when a > 50: there only the 6 correct agree (< 7), so those inputs are dropped;
     # on the others all 10 agree, and the four pass every kept test: the problem is kept.
-    noisy = READ + f"import random\nprint(a + b + (random.randint(1, 10**9) if a > 50 else 0))  # {{}}\n"
+    noisy = READ + "import random\nprint(a + b + (random.randint(1, 10**9) if a > 50 else 0))  # {}\n"
     report = run_one(sum_row("noisy", CORRECT[:6] + [noisy.format(i) for i in range(4)]), tmp_path, **SMALL)
     assert report.reason is Reason.KEPT, report.detail
     assert report.num_tests < report.num_inputs, "this seed's inputs should include some a > 50"
     assert all(a_of(t) <= 50 for t in report.tests) and report.num_passing == 10
     assert_sums(report.tests)
     # configurable: min_agree=6 also keeps the noisy inputs, whose output is then the correct one
-    report = run_one(sum_row("noisy", CORRECT[:6] + [noisy.format(i) for i in range(4)]), tmp_path, **{**SMALL, "min_agree": 6})
+    report = run_one(sum_row("noisy", CORRECT[:6] + [noisy.format(i) for i in range(4)]), tmp_path,
+                     **{**SMALL, "min_agree": 6})
     assert report.num_tests == report.num_inputs and report.num_passing == 6
     assert_sums(report.tests)
 
@@ -232,7 +236,8 @@ def test_cli_writes_kept_rows_that_code_reward_reads_and_counts_every_reason(tmp
         sum_row("disagree", CORRECT[:2] + [READ + "print(a + b + 1)\n"]),
         sum_row("no-tests", [READ + "print(a)\n", READ + "print(b)\n", READ + "print(a + b)\n"]),
     ]
-    problems, out, report_path = tmp_path / "in.jsonl", tmp_path / "out" / "kept.jsonl", tmp_path / "out" / "report.json"
+    problems, out, report_path = (tmp_path / "in.jsonl", tmp_path / "out" / "kept.jsonl",
+                                  tmp_path / "out" / "report.json")
     problems.write_text("".join(json.dumps(row) + "\n" for row in rows))
     settings = {"num_inputs": 4, "num_solutions": 3, "min_agree": 2, "min_passing": 3, "min_tests": 3, "num_workers": 2}
     report = gen_tests_cli(problems, out, report_path, limits=FAST, **settings)
@@ -240,8 +245,9 @@ def test_cli_writes_kept_rows_that_code_reward_reads_and_counts_every_reason(tmp
     assert (report["num_problems"], report["num_kept"], report["num_tests"]) == (7, 1, 4)
     assert report["reasons"] == {"kept": 1, "no_generator": 1, "too_few_solutions": 1, "generator_failed": 1,
                                  "sandbox_error": 0, "too_few_inputs": 1, "too_few_tests": 1, "solutions_disagree": 1}
-    assert [p["reason"] for p in report["problems"]] == ["kept", "no_generator", "too_few_solutions", "generator_failed",
-                                                         "too_few_inputs", "solutions_disagree", "too_few_tests"]  # fmt: skip
+    assert [p["reason"] for p in report["problems"]] == ["kept", "no_generator", "too_few_solutions",
+                                                         "generator_failed", "too_few_inputs",
+                                                         "solutions_disagree", "too_few_tests"]  # fmt: skip
     assert "exit code 3" in report["problems"][3]["detail"]
     assert report["problems"][4]["num_duplicate_inputs"] == 3
     (kept,) = [json.loads(line) for line in out.read_text().splitlines()]
@@ -302,10 +308,11 @@ def test_bad_paths_and_settings_raise_one_line(tmp_path):
 # --- a model writes the generator (plumbing only: a tiny untrained model writes garbage) ----------
 
 
-def test_model_written_generator_plumbing(tmp_path):
-    model, tokenizer = build_tiny(TinyModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), 0)
+def test_model_written_generator_plumbing(tmp_path, tiny_model):
+    model, tokenizer = tiny_model
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=16, batch_size=2)
-    written = write_generators(model.eval(), tokenizer, ["Print a + b.", "Print a * b."], sampling, seed=0)
+    engine = Engine(model.eval(), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    written = write_generators(engine, tokenizer, ["Print a + b.", "Print a * b."], sampling.params(), seed=0)
     assert written == [None, None]  # 16 random characters hold no ```python block
     save_policy(model, tokenizer, tmp_path / "tiny")
     path = tmp_path / "problems.jsonl"

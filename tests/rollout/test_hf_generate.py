@@ -30,7 +30,7 @@ def _naive_greedy(model, prompt, steps, eos):
 def test_greedy_matches_naive_decoder_with_left_padding():
     model = _model()
     prompts = [[3, 4, 5, 6, 7], [8, 9], [1, 2, 3]]
-    params = SamplingConfig(temperature=0.0, max_new_tokens=6, batch_size=2)
+    params = SamplingConfig(temperature=0.0, max_new_tokens=6, batch_size=2).params()
     # pick as EOS the token the first prompt emits third, so that one stops early
     eos = _naive_greedy(model, prompts[0], 6, eos=-1)[2]
     results = hf_generate(model, prompts, params, eos_id=eos, pad_id=0, seed=0)
@@ -43,7 +43,7 @@ def test_greedy_matches_naive_decoder_with_left_padding():
 
 def test_sampling_is_seeded_and_leaves_global_rng_alone():
     model = _model()
-    params = SamplingConfig(temperature=1.0, max_new_tokens=8)
+    params = SamplingConfig(temperature=1.0, max_new_tokens=8).params()
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)

@@ -4,14 +4,16 @@ import random
 
 import torch
 
-from mirrorl.config import RepeatConfig, SamplingConfig
+from mirrorl.config import ModelConfig, RepeatConfig, SamplingConfig
 from mirrorl.data.tasks import make_split
-from mirrorl.models import TinyModelSpec, build_tiny
-from mirrorl.rollout.engine import Completion, Engine
+from mirrorl.models import build_tiny
+from mirrorl.rollout.engine import Engine
 from mirrorl.rollout.partial import PartialRollouts, rollout_metrics
 from mirrorl.rollout.repeat import advance, is_repeating, tail_runs
+from mirrorl.types import Completion, GenerateResult
 
-RULE = RepeatConfig(max_period=16, min_repeats=3, min_span=12)
+RULE = SamplingConfig(repeat=RepeatConfig(max_period=16, min_repeats=3, min_span=12)).params().repeat
+DEFAULT_RULE = SamplingConfig().params().repeat
 
 
 def test_repeat_fires_on_looping_text_and_not_on_normal_text():
@@ -21,7 +23,7 @@ def test_repeat_fires_on_looping_text_and_not_on_normal_text():
     assert not is_repeating(encode("so " + "wait " * 2), RULE)  # two copies: not yet a loop
     assert not is_repeating(encode("ok." + "." * 8), RULE)  # eleven dots: shorter than min_span
     for problem in make_split(200, seed=4):  # the generated warm-up traces never loop
-        assert not is_repeating(encode(problem.solution), RepeatConfig())
+        assert not is_repeating(encode(problem.solution), DEFAULT_RULE)
 
 
 def test_incremental_runs_equal_runs_from_scratch():
@@ -36,14 +38,16 @@ def test_incremental_runs_equal_runs_from_scratch():
             assert runs[0].tolist() == tail_runs(tokens[: n + 1], 8).tolist()
 
 
-class ScriptedEngine(Engine):
-    """Finishes each request after a random number of tokens, to drive the buffer without a model."""
+class ScriptedGenerator:
+    """A `Generator` that finishes each request after a random number of tokens: drives the buffer without a model."""
 
     def __init__(self, seed: int) -> None:
-        self.rng = random.Random(seed)
-        self.idle_fraction, self.new_tokens = 0.0, 0
+        self.rng, self.version = random.Random(seed), 0
 
-    def generate(self, requests, params, seed, max_response_tokens=None):
+    def update_weights(self, version, state):
+        self.version = version
+
+    def generate(self, requests, params, seed):
         continued = [bool(request.prefix_ids) for request in requests]
         assert continued == sorted(continued, reverse=True)  # continuations are queued before new problems
         out = []
@@ -51,15 +55,16 @@ class ScriptedEngine(Engine):
             length = self.rng.randint(1, 30)
             room = params.max_new_tokens - len(request.prefix_ids)
             n = min(length, request.budget or room, room)
-            reason = "budget" if n == request.budget and n < min(length, room) else ("stop" if n == length else "length")
+            reason = ("budget" if n == request.budget and n < min(length, room)
+                      else ("stop" if n == length else "length"))
             out.append(Completion([7] * n, [-0.5] * n, reason))
-        return out
+        return GenerateResult(out, self.version, new_tokens=sum(len(c.token_ids) for c in out), idle_fraction=0.0)
 
 
 def test_buffer_never_loses_or_duplicates_a_trajectory():
-    params = SamplingConfig(max_new_tokens=25)
+    params = SamplingConfig(max_new_tokens=25).params()
     buffer = PartialRollouts(group_size=4, segment_budget=6)
-    engine = ScriptedEngine(seed=1)
+    generator = ScriptedGenerator(seed=1)
     started, trained = 0, []
     for iteration in range(30):
         for _ in range(3 if iteration < 20 else 0):  # 3 new problems per iteration, then drain
@@ -69,9 +74,11 @@ def test_buffer_never_loses_or_duplicates_a_trajectory():
             restored = PartialRollouts(group_size=4, segment_budget=6)
             restored.load_state_dict(buffer.state_dict())
             buffer = restored
-        ready = buffer.step(engine, params, seed=iteration, version=iteration)
+        generator.update_weights(iteration, {})
+        step = buffer.step(generator, params, seed=iteration)
+        ready = step.groups
         assert len(buffer.unfinished()) <= 3 * 4 * -(-25 // 6)  # a trajectory lives at most ceil(25 / 6) iterations
-        metrics = rollout_metrics(ready, buffer, iteration, 0.0, stepped=1)
+        metrics = rollout_metrics(step, buffer, iteration)
         assert 0.0 <= metrics["off_policy_token_fraction"] <= 1.0
         for group in ready:
             assert len(group) == 4 and all(t.finish_reason in {"stop", "length"} for t in group)
@@ -85,13 +92,13 @@ def test_buffer_never_loses_or_duplicates_a_trajectory():
 
 
 def test_partial_rollouts_on_a_model_match_full_rollouts_under_greedy():
-    model, tokenizer = build_tiny(TinyModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), 0)
+    model, tokenizer = build_tiny(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), 0)
     with torch.no_grad():
         for weight in model.parameters():
             if weight.dim() > 1:
                 weight.mul_(15)
     params = SamplingConfig(temperature=0, max_new_tokens=20, batch_size=8, repeat={"enabled": False},
-                            stop_token_ids=[tokenizer.convert_tokens_to_ids(c) for c in "ab"])
+                            stop_token_ids=[tokenizer.convert_tokens_to_ids(c) for c in "ab"]).params()
     engine = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     results = {}
     for budget in (0, 3):
@@ -100,7 +107,8 @@ def test_partial_rollouts_on_a_model_match_full_rollouts_under_greedy():
             buffer.add(index, tokenizer.encode(f"q{index}?"))
         done = []
         for iteration in range(10):
-            done += buffer.step(engine, params, seed=iteration, version=iteration)
+            engine.update_weights(iteration, model.state_dict())
+            done += buffer.step(engine, params, seed=iteration).groups
         results[budget] = sorted((t.problem_index, t.response_ids, t.finish_reason) for g in done for t in g)
         assert len(results[budget]) == 12
     assert results[0] == results[3]

@@ -22,7 +22,6 @@ import torch
 from safetensors.torch import load_file
 
 from mirrorl.config import load_config
-from mirrorl.models import TinyModelSpec, build_tiny, save_policy
 from mirrorl.recipes import run_rl, run_sft
 from mirrorl.train.checkpoint import find_latest
 from mirrorl.train.metrics import MetricsLogger
@@ -32,14 +31,9 @@ from mirrorl.train.sft import BucketedBatches, SFTExample
 HERE = Path(__file__).parent
 
 
-@pytest.fixture(scope="module")
-def tiny_policy(tmp_path_factory) -> Path:
-    """An untrained tiny policy saved in HF format: RL starts from it without an SFT phase."""
-    path = tmp_path_factory.mktemp("policy")
-    model, tokenizer = build_tiny(TinyModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
-                                                max_positions=128), seed=0)
-    save_policy(model, tokenizer, path)
-    return path
+@pytest.fixture
+def tiny_policy(tiny_policy_dir) -> Path:
+    return tiny_policy_dir
 
 
 def rl_overrides(policy: Path, out: Path, iterations: int) -> list[str]:

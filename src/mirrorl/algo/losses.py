@@ -51,14 +51,6 @@ def _per_sample(values: Tensor, inputs: LossInputs) -> Tensor:
     return values if inputs.weights is None else values * inputs.weights
 
 
-@dataclass(frozen=True)
-class LossParams:
-    tau: float = 0.1
-    length_normalize: bool = False
-    clip_eps: float = 0.2
-    scale_by_std: bool = False
-
-
 @dataclass
 class LossOutput:
     loss: Tensor  # scalar
@@ -81,14 +73,14 @@ def _kl(inputs: LossInputs) -> float:
         return float(k3.sum() / inputs.mask.sum().clamp(min=1))
 
 
-def mirror_descent_loss(inputs: LossInputs, params: LossParams) -> LossOutput:
+def mirror_descent_loss(inputs: LossInputs, *, tau: float, length_normalize: bool) -> LossOutput:
     """k1.5 surrogate: mean_j (r_j - rbar - tau D_j)^2 / (2 tau)."""
     log_ratio = ((inputs.logprobs - inputs.ref_logprobs) * inputs.mask).sum(-1)  # [B] D_j
     advantage = inputs.rewards - group_mean(inputs.rewards, inputs.group_ids)  # [B] r_j - rbar
-    residual = (advantage - params.tau * log_ratio) ** 2  # [B]
-    if params.length_normalize:
+    residual = (advantage - tau * log_ratio) ** 2  # [B]
+    if length_normalize:
         residual = residual / inputs.mask.sum(-1).clamp(min=1)  # [B]
-    loss = _per_sample(residual, inputs).mean() / (2 * params.tau)
+    loss = _per_sample(residual, inputs).mean() / (2 * tau)
     return LossOutput(loss, {
         "loss": float(loss.detach()), "log_ratio_mean": float(log_ratio.detach().mean()),
         "log_ratio_abs_mean": float(log_ratio.detach().abs().mean()), "kl": _kl(inputs),
@@ -96,7 +88,7 @@ def mirror_descent_loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     })
 
 
-def rest_loss(inputs: LossInputs, params: LossParams) -> LossOutput:
+def rest_loss(inputs: LossInputs) -> LossOutput:
     """ReST-style baseline: token-mean NLL of the correct samples; wrong ones contribute nothing."""
     keep = inputs.mask * _per_sample(inputs.correct.float(), inputs).unsqueeze(-1)  # [B, T]
     loss = -(inputs.logprobs * keep).sum() / keep.sum().clamp(min=1)
@@ -105,14 +97,14 @@ def rest_loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     })
 
 
-def group_pg_loss(inputs: LossInputs, params: LossParams) -> LossOutput:
+def group_pg_loss(inputs: LossInputs, *, clip_eps: float, scale_by_std: bool) -> LossOutput:
     """Group-baseline policy gradient with a PPO-clipped ratio against pi_i (GRPO/RLOO-like)."""
     advantage = inputs.rewards - group_mean(inputs.rewards, inputs.group_ids)  # [B]
-    if params.scale_by_std:
+    if scale_by_std:
         spread = group_mean(advantage**2, inputs.group_ids).sqrt()  # [B] group std
         advantage = advantage / (spread + 1e-6)  # [B]
     ratio = (inputs.logprobs - inputs.ref_logprobs).exp()  # [B, T]
-    clipped = ratio.clamp(1 - params.clip_eps, 1 + params.clip_eps)  # [B, T]
+    clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps)  # [B, T]
     surrogate = torch.minimum(ratio * advantage[:, None], clipped * advantage[:, None])  # [B, T]
     per_sample = (surrogate * inputs.mask).sum(-1) / inputs.mask.sum(-1).clamp(min=1)  # [B]
     loss = -_per_sample(per_sample, inputs).mean()
@@ -121,7 +113,8 @@ def group_pg_loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     return LossOutput(loss, {"loss": float(loss.detach()), "kl": _kl(inputs), "clip_fraction": float(clip_fraction)})
 
 
-LOSSES: dict[str, Callable[[LossInputs, LossParams], LossOutput]] = {
+# name -> loss; each takes its own settings as keywords (`mirrorl.config`'s `algo.loss_params()`)
+LOSSES: dict[str, Callable[..., LossOutput]] = {
     "mirror_descent": mirror_descent_loss,
     "rest": rest_loss,
     "group_pg": group_pg_loss,

@@ -16,8 +16,7 @@ from typing import Any
 
 from mirrorl.config import DataConfig
 from mirrorl.data import tasks
-from mirrorl.rewards.sandbox.reward import parse_tests
-from mirrorl.types import Problem
+from mirrorl.types import Problem, TestCase
 
 # Seeds of the built-in splits are offset from the run seed so the splits never share a stream.
 _SFT_SEED, _RL_SEED, _EVAL_SEED = 1_000, 2_000, 3_000
@@ -108,3 +107,15 @@ def load_split(cfg: DataConfig, split: str, seed: int) -> list[Problem]:
     if path is not None:
         return load_problems(path, cfg)
     return builtin_splits(cfg, seed)[split]
+
+
+def parse_tests(raw: object, where: str) -> list[TestCase]:
+    """[{"input": str, "output": str}, ...] -> TestCases; ValueError naming `where` otherwise."""
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"{where}: expected a non-empty list of {{'input': str, 'output': str}}")
+    tests = []
+    for index, test in enumerate(raw):
+        if not (isinstance(test, dict) and isinstance(test.get("input"), str) and isinstance(test.get("output"), str)):
+            raise ValueError(f"{where}[{index}]: expected {{'input': str, 'output': str}}, got {test!r:.100}")
+        tests.append(TestCase(test["input"], test["output"]))
+    return tests

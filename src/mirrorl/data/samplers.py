@@ -100,9 +100,11 @@ class CurriculumSampler:
             i for i, d in enumerate(difficulties) if d < hard_min_difficulty
         ]
         if not hard:
-            raise ValueError(f"curriculum: no problem has difficulty >= sampler.hard_min_difficulty={hard_min_difficulty}")
+            raise ValueError("curriculum: no problem has difficulty >= "
+                             f"sampler.hard_min_difficulty={hard_min_difficulty}")
         if not first:
-            raise ValueError(f"curriculum: no problem has difficulty < sampler.hard_min_difficulty={hard_min_difficulty}")
+            raise ValueError("curriculum: no problem has difficulty < "
+                             f"sampler.hard_min_difficulty={hard_min_difficulty}")
         self.switch_iteration = switch_iteration
         self.rng = np.random.default_rng(seed)
         self.phases = {"first": _EpochCursor(first, self.rng), "hard": _EpochCursor(hard, self.rng)}
@@ -162,7 +164,8 @@ class PrioritizedSampler:
                 self.success_rates[index] += self.ema * (value - self.success_rates[index])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"success_rates": self.success_rates.tolist(), "counts": self.counts.tolist(), "rng": _rng_state(self.rng)}
+        return {"success_rates": self.success_rates.tolist(), "counts": self.counts.tolist(),
+                "rng": _rng_state(self.rng)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if len(state["success_rates"]) != len(self.success_rates):

@@ -2,84 +2,95 @@
 
 pass@1 (averaged) is the fraction of correct responses over n samples per problem at the
 evaluation temperature, the protocol of the k1.5 report's RL curves; greedy accuracy decodes
-once at temperature 0. Mean response length counts generated tokens (EOS included). A response
-whose reward function returned None counts as wrong here and is reported in `unscored`.
+once at temperature 0. Mean response length counts generated tokens (EOS included).
+
+Responses go through the same guarded batch reward as in RL. One the reward could not score (it
+returned None or raised) is left out of every accuracy, never counted as wrong, and reported in
+`unscored`; when not one response could be scored, evaluation fails with a one-line error.
+
+Does not: pass@k for k > 1, majority voting, or write the samples themselves.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from mirrorl.config import EvalConfig, SamplingConfig
 from mirrorl.data.encode import encode_prompt
-from mirrorl.rewards.registry import RewardFn
-from mirrorl.rollout.engine import Completion, Engine, Request
-from mirrorl.types import Problem
+from mirrorl.rewards.batch import GuardedReward, Scores
+from mirrorl.types import Generator, Problem, Request, SamplingParams
 
 
 @dataclass
 class EvalResult:
-    pass1: float  # mean accuracy over num_samples samples per problem
-    greedy_accuracy: float | None
+    pass1: float  # mean accuracy over the scored samples, num_samples per problem
+    greedy_accuracy: float | None  # None when not asked for (or none was scored)
     mean_tokens: float  # over the sampled responses
     num_problems: int
     num_samples: int
-    unscored: int
+    unscored: int  # responses (sampled and greedy) the reward could not score
     pass1_by_difficulty: dict[str, float]
+    first_reward_error: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def _accuracy(
-    outs: Sequence[Completion], problems: Sequence[Problem], tokenizer: PreTrainedTokenizerBase, reward_fn: RewardFn
-) -> tuple[list[bool], int]:
-    """Decode each response and score it; a None reward counts as wrong and as unscored."""
-    verdicts, unscored = [], 0
-    for out, problem in zip(outs, problems):
-        value = reward_fn(tokenizer.decode(out.token_ids, skip_special_tokens=True), problem)
-        unscored += value is None
-        verdicts.append(value is not None and value >= 1.0)
-    return verdicts, unscored
+def _accuracy(values: Sequence[float | None]) -> float | None:
+    """Fraction of the scored values that are correct (>= 1); None when none was scored.
+
+    >>> _accuracy([1.0, 0.0, None, 1.0]), _accuracy([None])
+    (0.6666666666666666, None)
+    """
+    scored = [value >= 1.0 for value in values if value is not None]
+    return sum(scored) / len(scored) if scored else None
 
 
-def evaluate(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    problems: Sequence[Problem],
-    reward_fn: RewardFn,
-    cfg: EvalConfig,
-    sampling: SamplingConfig,
-    use_chat_template: bool,
-    seed: int,
-) -> EvalResult:
-    """Evaluate `model` on `problems` with the protocol described in the module docstring."""
-    prompts = [encode_prompt(tokenizer, p.prompt, use_chat_template) for p in problems]
-    temperature = sampling.temperature if cfg.temperature is None else cfg.temperature
-    params = sampling.model_copy(update={"temperature": temperature})
-    repeated = [p for p in prompts for _ in range(cfg.num_samples)]
-    targets = [p for p in problems for _ in range(cfg.num_samples)]
-    engine = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    outs = engine.generate([Request(p) for p in repeated], params, seed)
-    verdicts, unscored = _accuracy(outs, targets, tokenizer, reward_fn)
-    by_difficulty: dict[str, list[bool]] = defaultdict(list)
-    for problem, verdict in zip(targets, verdicts):
-        by_difficulty[str(problem.difficulty)].append(verdict)
-    greedy = None
-    if cfg.greedy:
-        greedy_outs = engine.generate([Request(p) for p in prompts], params.model_copy(update={"temperature": 0.0}), seed)
-        greedy_verdicts, greedy_unscored = _accuracy(greedy_outs, problems, tokenizer, reward_fn)
-        greedy, unscored = sum(greedy_verdicts) / len(problems), unscored + greedy_unscored
+def tally(sampled: Sequence[float | None], targets: Sequence[Problem], num_samples: int, mean_tokens: float,
+          greedy: Sequence[float | None] | None = None) -> EvalResult:
+    """The result from the rewards of the sampled responses (`targets[i]` is the problem of
+    `sampled[i]`) and of the greedy ones (one per problem, or None)."""
+    by_difficulty: dict[str, list[float | None]] = defaultdict(list)
+    for problem, value in zip(targets, sampled, strict=True):
+        by_difficulty[str(problem.difficulty)].append(value)
+    per_difficulty = {key: _accuracy(values) for key, values in sorted(by_difficulty.items())}
+    pass1 = _accuracy(sampled)
     return EvalResult(
-        pass1=sum(verdicts) / len(verdicts),
-        greedy_accuracy=greedy,
-        mean_tokens=sum(len(o.token_ids) for o in outs) / len(outs),
-        num_problems=len(problems),
-        num_samples=cfg.num_samples,
-        unscored=unscored,
-        pass1_by_difficulty={k: sum(v) / len(v) for k, v in sorted(by_difficulty.items())},
+        pass1=0.0 if pass1 is None else pass1,
+        greedy_accuracy=None if greedy is None else _accuracy(greedy),
+        mean_tokens=mean_tokens,
+        num_problems=len(targets) // num_samples,
+        num_samples=num_samples,
+        unscored=sum(value is None for value in [*sampled, *(greedy or [])]),
+        pass1_by_difficulty={key: value for key, value in per_difficulty.items() if value is not None},
     )
+
+
+def evaluate(generator: Generator, tokenizer: PreTrainedTokenizerBase, problems: Sequence[Problem],
+             reward: GuardedReward, params: SamplingParams, num_samples: int, greedy: bool, use_chat_template: bool,
+             seed: int) -> EvalResult:
+    """Evaluate the generator's policy on `problems` (see the module docstring); sampling with `params`."""
+    prompts = [encode_prompt(tokenizer, p.prompt, use_chat_template) for p in problems]
+    targets = [p for p in problems for _ in range(num_samples)]
+    outs = generator.generate([Request(p) for p in prompts for _ in range(num_samples)], params, seed).completions
+
+    def scores(completions: Sequence, for_problems: Sequence[Problem]) -> Scores:
+        texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
+        return reward(texts, for_problems)
+
+    sampled = scores(outs, targets)
+    greedy_scores = None
+    if greedy:
+        greedy_outs = generator.generate([Request(p) for p in prompts], replace(params, temperature=0.0), seed)
+        greedy_scores = scores(greedy_outs.completions, problems)
+    errors = sampled.errors + (greedy_scores.errors if greedy_scores else [])
+    if sampled.num_unscored == len(sampled.values):
+        cause = f"it raised {len(errors)} times, first: {errors[0]}" if errors else "it returned None for all"
+        raise ValueError(f"evaluation: the reward could score none of {len(sampled.values)} responses ({cause})")
+    result = tally(sampled.values, targets, num_samples, sum(len(o.token_ids) for o in outs) / len(outs),
+                   greedy_scores.values if greedy_scores else None)
+    result.first_reward_error = errors[0] if errors else None
+    return result

@@ -20,7 +20,7 @@ own $...$ or prose is searched by math-verify. `guard_reason` names the first pa
 of an answer (too long, a huge integer, brackets nested too deep, an integer power tower) so it is
 refused (an error verdict) before sympy sees it; math-verify is imported lazily, in the workers.
 
-Does not: compare answers (math_reward.py does, with math-verify's `verify`).
+Does not: compare answers (math_workers.py does, with math-verify's `verify`).
 """
 
 from __future__ import annotations
@@ -158,8 +158,8 @@ def find_answer_phrase(text: str) -> FoundAnswer | None:
     '$(0, 1)$'
     """
     last = None
-    for last in _PHRASE_RE.finditer(text):
-        pass
+    for match in _PHRASE_RE.finditer(text):
+        last = match
     if last is None:
         return None
     raw = text[last.end() : last.end() + _PHRASE_MAX_CHARS]
@@ -200,8 +200,8 @@ def find_last_number(text: str) -> FoundAnswer | None:
     True
     """
     last = None
-    for last in _NUMBER_RE.finditer(text):
-        pass
+    for match in _NUMBER_RE.finditer(text):
+        last = match
     return None if last is None else FoundAnswer(last.group(0).replace(",", ""), last.start(), math_mode=True)
 
 

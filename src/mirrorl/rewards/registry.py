@@ -1,8 +1,10 @@
-"""Reward functions by name: the built-in verifiers, or any user function by import path.
+"""Rewards by name: the built-in verifiers, the reward models, or any user function by import path.
 
-A reward function takes (response text, problem) and returns a float, or None when the response
-could not be scored because the scorer itself failed (a crashed sandbox, a timed-out verifier).
-None is never turned into a reward of 0: the loop drops that sample and counts it.
+Every reward comes out batch-first (`mirrorl.types.BatchReward`): `(responses, problems) ->
+list[float | None]`, None when the scorer itself failed (a crashed sandbox, a timed-out verifier).
+None is never turned into a reward of 0: the caller drops that sample and counts it. A user's
+`package.module:name` is a function of one `(response, problem)`, lifted by `per_sample`, or a
+batch reward (a `BatchFirst`: a reward model object, or a function decorated with `batched`).
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ from collections.abc import Callable
 
 from mirrorl.config import RewardsConfig
 from mirrorl.data import tasks
+from mirrorl.rewards.batch import BatchFirst, per_sample
 from mirrorl.rewards.math_reward import MathProblemReward
 from mirrorl.rewards.sandbox import code_reward
-from mirrorl.types import Problem
-
-RewardFn = Callable[[str, Problem], "float | None"]
+from mirrorl.types import BatchReward, Problem
 
 
 def chain_sum_reward(response: str, problem: Problem) -> float:
@@ -29,22 +30,21 @@ def chain_sum_reward(response: str, problem: Problem) -> float:
     return float(tasks.verify(response, problem.answer))
 
 
-REWARDS: dict[str, RewardFn] = {"chain_sum": chain_sum_reward, "code": code_reward}
-
-
-def _math(rewards: RewardsConfig) -> RewardFn:
-    return MathProblemReward(rewards.math)
-
-
-def _cot_rm(rewards: RewardsConfig) -> RewardFn:
+def _cot_rm(rewards: RewardsConfig) -> BatchReward:
+    from mirrorl.models import load_policy, pick_device, pick_dtype
     from mirrorl.rewards.reward_models.cot import CoTRewardModel
+    from mirrorl.rollout.engine import Engine
 
-    if rewards.cot_rm.path is None:
+    cfg = rewards.cot_rm
+    if cfg.path is None:
         raise ValueError("rl.reward=cot_rm needs rewards.cot_rm.path=DIR, a causal LM that ends with a JSON verdict")
-    return CoTRewardModel(rewards.cot_rm)
+    device = pick_device(cfg.device)
+    model, tokenizer = load_policy(cfg.path, device, pick_dtype(cfg.dtype, device))
+    window = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    return CoTRewardModel(cfg, Engine(model.eval(), tokenizer.eos_token_id, tokenizer.pad_token_id), tokenizer, window)
 
 
-def _value_rm(rewards: RewardsConfig) -> RewardFn:
+def _value_rm(rewards: RewardsConfig) -> BatchReward:
     from mirrorl.rewards.reward_models.value_head import ValueHeadReward
 
     if rewards.value_rm.path is None:
@@ -52,26 +52,27 @@ def _value_rm(rewards: RewardsConfig) -> RewardFn:
     return ValueHeadReward(rewards.value_rm)
 
 
-# Rewards built from their config section (`rewards.*`); models and workers start on the first call.
-REWARD_MODELS: dict[str, Callable[[RewardsConfig], RewardFn]] = {
-    "math": _math, "cot_rm": _cot_rm, "value_rm": _value_rm,
+# name -> the reward built from the `rewards.*` sections; the math verifier's workers start on its first call
+REWARDS: dict[str, Callable[[RewardsConfig], BatchReward]] = {
+    "chain_sum": lambda _: per_sample(chain_sum_reward),
+    "code": lambda _: per_sample(code_reward),
+    "math": lambda rewards: MathProblemReward(rewards.math),
+    "cot_rm": _cot_rm,
+    "value_rm": _value_rm,
 }
 
 
-def get_reward(name: str, rewards: RewardsConfig | None = None) -> RewardFn:
-    """A registered reward, a reward model set up by `rewards` (None: defaults), or 'package.module:function'."""
+def get_reward(name: str, rewards: RewardsConfig | None = None) -> BatchReward:
+    """A registered reward set up by `rewards` (None: defaults), or the reward at 'package.module:name'."""
     if name in REWARDS:
-        return REWARDS[name]
-    if name in REWARD_MODELS:
-        return REWARD_MODELS[name](rewards or RewardsConfig())
+        return REWARDS[name](rewards or RewardsConfig())
     module_name, sep, attr = name.partition(":")
     if not sep:
-        known = ", ".join([*REWARDS, *REWARD_MODELS])
-        raise ValueError(f"rl.reward={name!r}: not a registered reward ({known}) nor 'module:function'")
+        raise ValueError(f"rl.reward={name!r}: not a registered reward ({', '.join(REWARDS)}) nor 'module:function'")
     try:
         function = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"rl.reward={name!r}: cannot import it ({err})") from None
     if not callable(function):
         raise ValueError(f"rl.reward={name!r}: {attr} is not callable")
-    return function
+    return function if isinstance(function, BatchFirst) else per_sample(function)

@@ -1,6 +1,6 @@
 """mirrorl's generation engine: continuous batching over a preallocated KV cache, colocated with training.
 
-What the rollout issue asks for, and how it is done here:
+The in-process `mirrorl.types.Generator`. What it does, and how:
 - One forward per decode step for `batch_size` slots. Each slot holds one sequence; its keys and
   values live in a cache preallocated once per call ([slots, kv_heads, max_len, head_dim] per
   layer) and are written in place, so no step copies the cache (HF's DynamicCache concatenates).
@@ -27,32 +27,15 @@ from __future__ import annotations
 
 import inspect
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from mirrorl.config import SamplingConfig
 from mirrorl.rollout.repeat import advance, fires, tail_runs
-
-
-@dataclass
-class Request:
-    """One sequence to extend: a prompt and, for a continued partial rollout, its response so far."""
-
-    prompt_ids: list[int]
-    prefix_ids: list[int] = field(default_factory=list)  # response tokens generated in earlier segments
-    budget: int | None = None  # new tokens allowed in this call (segment budget); None = no budget
-
-
-@dataclass
-class Completion:
-    token_ids: list[int]  # tokens generated in this call (the stop token included when it stopped)
-    logprobs: list[float]  # log pi(token) under the model that generated it, one per token
-    finish_reason: str  # "stop" | "length" | "budget" | "repeat"
+from mirrorl.types import Completion, GenerateResult, Request, SamplingParams
 
 
 class _SlotPlan:
@@ -115,7 +98,7 @@ def _additive(allowed: Tensor, dtype: torch.dtype) -> Tensor:
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def pick_tokens(logits: Tensor, params: SamplingConfig, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def pick_tokens(logits: Tensor, params: SamplingParams, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Sample (or take the argmax of) [S, V] logits; returns tokens [S] and their raw log-probs [S]."""
     logits = logits.float()
     logprobs = torch.log_softmax(logits, dim=-1)  # [S, V]
@@ -153,29 +136,31 @@ def length_chunks(lengths: Sequence[int]) -> list[list[int]]:
 
 
 class Engine:
-    """Colocated continuous-batching generator over a model's own weights."""
+    """Colocated continuous-batching generator over a model's own weights (a `mirrorl.types.Generator`)."""
 
-    def __init__(self, model: PreTrainedModel, eos_id: int, pad_id: int) -> None:
+    def __init__(self, model: PreTrainedModel, eos_id: int, pad_id: int, version: int = 0) -> None:
         self.model, self.eos_id, self.pad_id = model, eos_id, pad_id
+        self.version = version  # of the weights: the training model's own, so set by `update_weights`
         # newer transformers (5.24 here) call the cache argument `cache` and deprecate `past_key_values`
         self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self.idle_fraction = 0.0  # of the last call: slot-steps spent on free slots / all slot-steps
-        self.new_tokens = 0  # of the last call
+
+    def update_weights(self, version: int, state: Mapping[str, Tensor]) -> None:
+        """Colocated: the engine runs the training model's parameters, so only the version changes."""
+        self.version = version
 
     @torch.no_grad()
-    def generate(self, requests: Sequence[Request], params: SamplingConfig, seed: int,
-                 max_response_tokens: int | None = None) -> list[Completion]:
-        """Extend every request; results in request order.
+    def generate(self, requests: Sequence[Request], params: SamplingParams, seed: int) -> GenerateResult:
+        """Extend every request; completions in request order.
 
         A request ends with "stop" at a stop token, "length" when its response (prefix included)
-        reaches `max_response_tokens` (default `params.max_new_tokens`), "budget" after `budget`
-        new tokens, and "repeat" when its tail loops.
+        reaches `params.max_new_tokens`, "budget" after `budget` new tokens, and "repeat" when its
+        tail loops.
         """
         if not requests:
-            return []
-        cap = max_response_tokens or params.max_new_tokens
+            return GenerateResult([], self.version, new_tokens=0, idle_fraction=0.0)
+        cap = params.max_new_tokens
         for index, request in enumerate(requests):
             if len(request.prefix_ids) >= cap or request.budget == 0:
                 raise ValueError(f"request {index} has no room left: its response already holds "
@@ -185,17 +170,17 @@ class Engine:
         was_training = self.model.training
         self.model.eval()
         try:
-            return run.finish()
+            completions = run.finish()
         finally:
             self.model.train(was_training)
-            self.idle_fraction = 1 - run.busy_slot_steps / max(1, run.slot_steps)
-            self.new_tokens = sum(len(tokens) for tokens in run.tokens)
+        return GenerateResult(completions, self.version, new_tokens=sum(len(tokens) for tokens in run.tokens),
+                              idle_fraction=1 - run.busy_slot_steps / max(1, run.slot_steps))
 
 
 class _Run:
     """The state of one `Engine.generate` call: the queue, the slots and their sequences."""
 
-    def __init__(self, engine: Engine, requests: Sequence[Request], params: SamplingConfig, cap: int,
+    def __init__(self, engine: Engine, requests: Sequence[Request], params: SamplingParams, cap: int,
                  max_len: int, seed: int) -> None:
         self.engine, self.requests, self.params, self.cap = engine, requests, params, cap
         device = engine.device
@@ -210,8 +195,9 @@ class _Run:
         self.response_len = torch.zeros(self.slots, dtype=torch.long, device=device)
         self.new = torch.zeros(self.slots, dtype=torch.long, device=device)  # tokens generated in this call
         self.limit = torch.zeros(self.slots, dtype=torch.long, device=device)  # new-token budget of this call
-        self.repeat = params.repeat if params.repeat.enabled else None
-        self.runs = torch.zeros(self.slots, self.repeat.max_period if self.repeat else 1, dtype=torch.long, device=device)
+        self.repeat = params.repeat
+        self.runs = torch.zeros(self.slots, self.repeat.max_period if self.repeat else 1, dtype=torch.long,
+                                device=device)
         self.stop_ids = torch.tensor(sorted({engine.eos_id, *params.stop_token_ids}), device=device)
         self.tokens: list[list[int]] = [[] for _ in requests]
         self.logprobs: list[list[float]] = [[] for _ in requests]
@@ -243,7 +229,8 @@ class _Run:
         columns = torch.arange(width)
         positions = (columns[None, :] - offsets[:, None]).clamp(min=0)  # [R, Q]
         real = columns[None, :] >= offsets[:, None]  # [R, Q]
-        allowed = (columns[None, :, None] >= columns[None, None, :]) & (real[:, None, :] | torch.eye(width, dtype=torch.bool))
+        allowed = ((columns[None, :, None] >= columns[None, None, :])
+                   & (real[:, None, :] | torch.eye(width, dtype=torch.bool)))
         plan = self.cache.plan
         plan.rows = torch.tensor(free, device=device)
         plan.positions = torch.where(real, positions, self.cache.layers[0].max_len).to(device)  # padding -> trash

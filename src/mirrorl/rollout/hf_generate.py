@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from mirrorl.config import SamplingConfig
+from mirrorl.types import SamplingParams
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Generated:
 def hf_generate(
     model: PreTrainedModel,
     prompts: Sequence[Sequence[int]],
-    params: SamplingConfig,
+    params: SamplingParams,
     eos_id: int,
     pad_id: int,
     seed: int,

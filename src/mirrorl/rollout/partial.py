@@ -1,9 +1,9 @@
-"""Partial rollouts (k1.5 sec. 4): a per-iteration token budget per trajectory and a replay buffer.
+"""Partial rollouts (k1.5 sec. 2.6.2): a per-iteration token budget per trajectory and a replay buffer.
 
 Each iteration every trajectory gets at most `segment_budget` new tokens. One that runs out of
 budget stays in the buffer with its tokens, its behaviour log-probs and, per token, the policy
-version (iteration) that produced it; the next iteration continues it under the then-current
-policy. A group (the k responses to one draw of a problem) leaves the buffer for training only
+weight version (iteration) the generator reports for it; the next iteration continues it under
+the then-current policy. A group (the k responses to one draw of a problem) leaves the buffer for training only
 when all its members are finished, so the mean-reward baseline stays per problem. With
 `segment_budget` 0 every trajectory finishes in the iteration it starts: full rollouts are the
 same code with an unlimited budget.
@@ -23,11 +23,9 @@ engine's `batch_size`) is independent of it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from mirrorl.config import SamplingConfig
-from mirrorl.rollout.engine import Engine, Request
+from mirrorl.types import Generator, Request, SamplingParams
 
 
 @dataclass
@@ -40,6 +38,16 @@ class Trajectory:
     versions: list[int] = field(default_factory=list)  # per response token: the iteration that produced it
     segments: int = 0
     finish_reason: str | None = None  # None while unfinished
+
+
+@dataclass
+class RolloutStep:
+    """What one `PartialRollouts.step` did."""
+
+    groups: list[list[Trajectory]]  # the groups it completed, popped from the buffer
+    stepped: int  # trajectories it extended
+    new_tokens: int
+    idle_fraction: float  # of the generator's slots
 
 
 class PartialRollouts:
@@ -58,20 +66,21 @@ class PartialRollouts:
         group_id, self.next_group_id = self.next_group_id, self.next_group_id + 1
         self.groups[group_id] = [Trajectory(group_id, problem_index, list(prompt_ids)) for _ in range(self.group_size)]
 
-    def step(self, engine: Engine, params: SamplingConfig, seed: int, version: int) -> list[list[Trajectory]]:
-        """Advance every unfinished trajectory by one segment (continuations queued first); pop and
-        return the groups now complete."""
+    def step(self, generator: Generator, params: SamplingParams, seed: int) -> RolloutStep:
+        """Advance every unfinished trajectory by one segment (continuations queued first); pop the
+        groups now complete. Each new token records the weight version the generator reports."""
         running = self.unfinished()
         budget = self.segment_budget or None
-        requests = [Request(t.prompt_ids, t.response_ids, budget) for t in running]
-        for trajectory, done in zip(running, engine.generate(requests, params, seed)):
+        result = generator.generate([Request(t.prompt_ids, t.response_ids, budget) for t in running], params, seed)
+        for trajectory, done in zip(running, result.completions, strict=True):
             trajectory.response_ids += done.token_ids
             trajectory.logprobs += done.logprobs
-            trajectory.versions += [version] * len(done.token_ids)
+            trajectory.versions += [result.weight_version] * len(done.token_ids)
             trajectory.segments += 1
             trajectory.finish_reason = None if done.finish_reason == "budget" else done.finish_reason
         ready = [gid for gid, group in self.groups.items() if all(t.finish_reason for t in group)]
-        return [self.groups.pop(gid) for gid in ready]
+        return RolloutStep([self.groups.pop(gid) for gid in ready], len(running), result.new_tokens,
+                           result.idle_fraction)
 
     def state_dict(self) -> dict:
         """The buffer as JSON-able data (tokens, behaviour log-probs and per-token versions included).
@@ -89,10 +98,10 @@ class PartialRollouts:
         self.groups = {int(gid): [Trajectory(**t) for t in group] for gid, group in state["groups"].items()}
 
 
-def rollout_metrics(ready: Sequence[Sequence[Trajectory]], buffer: PartialRollouts, version: int,
-                    idle_fraction: float, stepped: int) -> dict[str, float]:
+def rollout_metrics(step: RolloutStep, buffer: PartialRollouts, version: int) -> dict[str, float]:
     """Buffer size, segments per finished trajectory, off-policy token fraction, idle slots, and the
-    fraction of the `stepped` trajectories that stopped on the budget this iteration."""
+    fraction of the trajectories stepped that stopped on the budget this iteration."""
+    ready = step.groups
     finished = [t for group in ready for t in group]
     tokens = sum(len(t.versions) for t in finished)
     stale = sum(v != version for t in finished for v in t.versions)
@@ -101,7 +110,7 @@ def rollout_metrics(ready: Sequence[Sequence[Trajectory]], buffer: PartialRollou
         "buffer_groups": len(buffer.groups),
         "segments_per_trajectory": sum(t.segments for t in finished) / max(1, len(finished)),
         "off_policy_token_fraction": stale / max(1, tokens),
-        "idle_slot_fraction": idle_fraction,
-        "finish_budget_fraction": len(buffer.unfinished()) / max(1, stepped),
+        "idle_slot_fraction": step.idle_fraction,
+        "finish_budget_fraction": len(buffer.unfinished()) / max(1, step.stepped),
         "finished_groups": len(ready),
     }

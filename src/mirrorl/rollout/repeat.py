@@ -1,4 +1,4 @@
-"""Repeat detection: stop a response whose tail has started looping (k1.5 sec. 4, partial rollouts).
+"""Repeat detection: stop a response whose tail has started looping (k1.5 sec. 2.6.2, with partial rollouts).
 
 A tail repeats with period p when each of its last r tokens equals the token p places before it;
 the repeated span is then r + p tokens long and holds (r + p) / p copies of the period. We keep,
@@ -14,10 +14,11 @@ which the tests check, so a trajectory continued in a later segment keeps its hi
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-from mirrorl.config import RepeatConfig
+from mirrorl.types import RepeatRule
 
 
 def tail_runs(tokens: Sequence[int], max_period: int) -> Tensor:
@@ -43,13 +44,19 @@ def advance(runs: Tensor, history: Tensor, lengths: Tensor, new_tokens: Tensor) 
     return (runs + 1) * same
 
 
-def fires(runs: Tensor, rule: RepeatConfig) -> Tensor:
+def fires(runs: Tensor, rule: RepeatRule) -> Tensor:
     """[..., P] run lengths -> [...] bool: the tail repeats some period often and long enough."""
     periods = torch.arange(1, runs.shape[-1] + 1, device=runs.device)  # [P]
     span = runs + periods  # [..., P]
     return ((span >= rule.min_repeats * periods) & (span >= rule.min_span) & (runs > 0)).any(-1)
 
 
-def is_repeating(tokens: Sequence[int], rule: RepeatConfig = RepeatConfig()) -> bool:
-    """Whether the tail of `tokens` loops under `rule`."""
+def is_repeating(tokens: Sequence[int], rule: RepeatRule) -> bool:
+    """Whether the tail of `tokens` loops under `rule`.
+
+    >>> is_repeating([7, 8, 9] * 5, RepeatRule(max_period=4, min_repeats=4, min_span=12))
+    True
+    >>> is_repeating([7, 8, 9] * 3, RepeatRule(max_period=4, min_repeats=4, min_span=12))
+    False
+    """
     return bool(fires(tail_runs(tokens, rule.max_period), rule))

@@ -13,10 +13,8 @@ against its manifest; otherwise it scans `step-*` directories from the highest s
 skips, with a logged warning, any that fail to verify. Reading never deletes anything; the store
 (the single writer of a directory) removes leftover temporary directories when it is created.
 
-`capture_rng`/`restore_rng` and `write_training_state`/`read_training_state` are the pieces a
-loop puts inside a checkpoint to resume exactly: `state.json` (a JSON-able trainer dict),
-`rng.json` (Python, NumPy, torch and CUDA generator states) and `optimizer.pt` (optimizer and
-scheduler state dicts, read back with `torch.load(weights_only=True)`).
+The store does not look inside the payload: what a training loop writes into a checkpoint (trainer
+state, optimizer, RNG) is `mirrorl.train.state`.
 
 Not covered: several processes writing into one directory (one writer per directory; readers may
 run alongside), sharded/distributed state (each rank would need its own files), remote storage.
@@ -30,7 +28,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import random
 import re
 import shutil
 from collections.abc import Callable, Mapping
@@ -39,9 +36,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 import mirrorl
 
 log = logging.getLogger(__name__)
@@ -49,9 +43,6 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 LATEST_FILE = "latest"
-STATE_FILE = "state.json"
-RNG_FILE = "rng.json"
-OPTIMIZER_FILE = "optimizer.pt"
 TMP_PREFIX = ".tmp-"  # unfinished writes: always safe to delete
 REPLACED_PREFIX = ".replaced-"  # a whole checkpoint moved aside while the same step is re-saved
 STEP_DIR = re.compile(r"step-(\d+)")
@@ -349,116 +340,3 @@ class CheckpointStore:
                 shutil.rmtree(doomed)
             except OSError as err:
                 log.warning("could not delete old checkpoint %s: %s", path, _describe(err))
-
-
-# ---------------------------------------------------------------------------------------------
-# What a training loop puts inside a checkpoint
-
-Rng = random.Random | np.random.Generator | torch.Generator
-
-
-def _python_state(state: tuple) -> list:
-    version, internal, gauss_next = state  # random.getstate(): (3, 625 ints, float | None)
-    return [version, list(internal), gauss_next]
-
-
-def _generator_state(gen: Rng) -> dict[str, Any]:
-    if isinstance(gen, random.Random):
-        return {"kind": "python", "state": _python_state(gen.getstate())}
-    if isinstance(gen, np.random.Generator):
-        return {"kind": "numpy", "state": gen.bit_generator.state}
-    if isinstance(gen, torch.Generator):
-        return {"kind": "torch", "state": gen.get_state().tolist()}
-    raise ValueError(f"capture_rng: cannot capture a {type(gen).__name__}; "
-                     "pass random.Random, numpy.random.Generator or torch.Generator")
-
-
-def _set_generator_state(gen: Rng, saved: Mapping[str, Any]) -> None:
-    state = saved["state"]
-    if saved["kind"] == "python" and isinstance(gen, random.Random):
-        gen.setstate((state[0], tuple(state[1]), state[2]))
-    elif saved["kind"] == "numpy" and isinstance(gen, np.random.Generator):
-        gen.bit_generator.state = state
-    elif saved["kind"] == "torch" and isinstance(gen, torch.Generator):
-        gen.set_state(torch.tensor(state, dtype=torch.uint8))
-    else:
-        raise ValueError(f"restore_rng: saved {saved['kind']} state cannot go into a {type(gen).__name__}")
-
-
-def capture_rng(**generators: Rng) -> dict[str, Any]:
-    """JSON-able state of the global generators (random, NumPy, torch CPU, CUDA) and of `generators`.
-
-    Name the loop's own generators, e.g. `capture_rng(sampler=rng)`.
-    """
-    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
-    return {
-        "python": _python_state(random.getstate()),
-        "numpy": [keys.tolist(), int(pos), int(has_gauss), float(cached_gaussian)],
-        "torch": torch.get_rng_state().tolist(),
-        "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else None,
-        "generators": {name: _generator_state(gen) for name, gen in generators.items()},
-    }
-
-
-def restore_rng(state: Mapping[str, Any], **generators: Rng) -> None:
-    """Put back what `capture_rng` saved; `generators` are matched by name."""
-    missing = sorted(set(generators) - set(state["generators"]))
-    if missing:
-        raise ValueError(f"restore_rng: no saved state for {missing}; saved: {sorted(state['generators'])}")
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    keys, pos, has_gauss, cached_gaussian = state["numpy"]
-    np.random.set_state(("MT19937", np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached_gaussian))
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    cuda = state["cuda"]
-    if cuda is not None and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in cuda])
-    elif cuda is not None:
-        log.warning("CUDA generator state for %d device(s) not restored: this process sees %d",
-                    len(cuda), torch.cuda.device_count() if torch.cuda.is_available() else 0)
-    for name, gen in generators.items():
-        _set_generator_state(gen, state["generators"][name])
-
-
-@dataclass
-class TrainingState:
-    """What `read_training_state` returns; optimizer and scheduler are loaded in place."""
-
-    trainer: dict[str, Any]
-    rng: dict[str, Any] | None
-
-
-def write_training_state(directory: Path, trainer: Mapping[str, Any],
-                         optimizer: torch.optim.Optimizer | None = None,
-                         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                         rng: Mapping[str, Any] | None = None) -> None:
-    """Write state.json (`trainer`, JSON-able), optimizer.pt and rng.json (from `capture_rng`) into `directory`."""
-    (directory / STATE_FILE).write_text(json.dumps(dict(trainer), indent=1), encoding="utf-8")
-    if optimizer is not None:
-        payload = {"optimizer": optimizer.state_dict()}
-        if scheduler is not None:
-            payload["scheduler"] = scheduler.state_dict()
-        torch.save(payload, directory / OPTIMIZER_FILE)
-    if rng is not None:
-        (directory / RNG_FILE).write_text(json.dumps(rng), encoding="utf-8")
-
-
-def read_training_state(directory: Path, optimizer: torch.optim.Optimizer | None = None,
-                        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> TrainingState:
-    """Load optimizer/scheduler state in place and return the trainer dict and RNG state (not yet restored)."""
-    directory = Path(directory)
-    trainer = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
-    if optimizer is not None or scheduler is not None:
-        if not (directory / OPTIMIZER_FILE).is_file():
-            raise ValueError(f"{directory} has no {OPTIMIZER_FILE}: it was saved without optimizer state")
-        payload = torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-        if optimizer is not None:
-            optimizer.load_state_dict(payload["optimizer"])  # moves state to each parameter's device
-        if scheduler is not None:
-            if "scheduler" not in payload:
-                raise ValueError(f"{directory / OPTIMIZER_FILE} holds no scheduler state")
-            scheduler.load_state_dict(payload["scheduler"])
-    rng_file = directory / RNG_FILE
-    rng = json.loads(rng_file.read_text(encoding="utf-8")) if rng_file.is_file() else None
-    return TrainingState(trainer=trainer, rng=rng)
-

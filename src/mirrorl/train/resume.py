@@ -40,8 +40,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mirrorl.models import save_policy
-from mirrorl.train.checkpoint import Checkpoint, CheckpointStore, find_latest, write_training_state
+from mirrorl.train.checkpoint import Checkpoint, CheckpointStore, find_latest
 from mirrorl.train.metrics import console
+from mirrorl.train.state import write_optimizer_state, write_training_state
 
 Start = Literal["new", "resume", "overwrite"]
 MODEL_DIR = "model"  # inside a checkpoint
@@ -140,12 +141,23 @@ class Checkpointing:
     def save(self, step: int, model: PreTrainedModel, optimizer: torch.optim.Optimizer, trainer: dict[str, Any],
              rng: dict[str, Any], scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> Path | None:
         """Write checkpoint `step`: the live weights and optimizer, and the loop's `trainer` and `rng` state."""
+
+        def write_weights(directory: Path) -> None:
+            save_policy(model, self.tokenizer, directory / MODEL_DIR)
+            write_optimizer_state(directory, optimizer, scheduler)
+
+        return self.save_with(step, write_weights, trainer, rng)
+
+    def save_with(self, step: int, write_weights: Callable[[Path], None], trainer: dict[str, Any],
+                  rng: dict[str, Any]) -> Path | None:
+        """Write checkpoint `step`: `write_weights(directory)` writes the policy and optimizer (a
+        `Trainer.save`), then the loop's `trainer` and `rng` state."""
         if self.store is None:
             return None
 
         def write(directory: Path) -> None:
-            save_policy(model, self.tokenizer, directory / MODEL_DIR)
-            write_training_state(directory, trainer, optimizer, scheduler, rng)
+            write_weights(directory)
+            write_training_state(directory, trainer, rng=rng)
 
         return self.store.save(step, write, self.config)
 

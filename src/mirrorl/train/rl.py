@@ -2,25 +2,25 @@
 
 Each iteration i reads top to bottom:
   1. sample   - the sampler picks the iteration's `problems_per_iteration` new problems (sec. 2.3.4);
-  2. rollout  - the engine extends every unfinished trajectory (k per problem) under the current
-                policy pi_i by at most `segment_budget` tokens (partial rollouts, sec. 4; 0 means
+  2. rollout  - the generator, holding weight version i, extends every unfinished trajectory (k per
+                problem) by at most `segment_budget` tokens (partial rollouts, sec. 2.6.2; 0 means
                 whole responses), the ones continued from the replay buffer first, a freed slot
                 taking the next trajectory at once; the groups whose k members have all finished
                 come out;
-  3. reward   - the verifier scores them; the k1.5 length reward is added (sec. 2.3.3), and the
-                repeat penalty to responses stopped for looping;
-  4. optimize - log pi_i of whole trajectories: the engine's log-probs when pi_i sampled every
-                token, else one forward pass (theta == theta_i before the first step); tokens
-                written by earlier policies train unless `train_tokens` is "newest", their
-                sample weighted by the truncated importance ratio pi_i / mu of those tokens
-                (`off_policy_correction`, our addition: the report is silent); then
-                `grad_steps` optimizer steps on mini-batches of whole groups minimise the chosen
-                loss; every step after the first is off-policy, as in the report. The optimizer
-                is reset at the start of the iteration (configurable), and theta_{i+1} becomes
-                the next iteration's pi_i simply by being the weights that generate next;
+  3. reward   - the batch reward scores them through the guard; the k1.5 length reward is added
+                (sec. 2.3.3), and the repeat penalty to responses stopped for looping;
+  4. optimize - the samples become a `TrainBatch` (mini-batches of whole groups) and the trainer
+                takes `grad_steps` optimizer steps on it (`mirrorl.train.trainer`: pi_i log-probs,
+                off-policy weights of partial rollouts, the chosen loss). The optimizer is reset
+                at the start of the iteration (configurable); the trainer's weights after the
+                steps, theta_{i+1}, are published to the generator as version i + 1 when the next
+                iteration begins;
   5. log. The checkpoint of step i + 1 (when due) is written as iteration i + 1 begins (step 0.).
 
-A sample whose reward function returned None or raised (the scorer failed) is dropped from its
+The loop receives its generator, trainer and reward (`mirrorl.types`): the colocated engine and
+the in-process trainer by default, another backend without a change here.
+
+A sample whose reward returned None or raised (the scorer failed) is dropped from its
 group and counted, never scored 0; an iteration in which none could be scored stops the run after
 a checkpoint. An iteration in which no group completes (possible with a small segment budget) only
 rolls out.
@@ -42,26 +42,25 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from mirrorl.algo.length_penalty import length_penalty_weight, length_rewards
-from mirrorl.algo.logprobs import sequence_logprobs
-from mirrorl.algo.losses import LOSSES, LossInputs, LossParams, stale_weights
+from mirrorl.algo.schedule import linear_warmup
 from mirrorl.config import AlgoConfig, Config, SamplerConfig
-from mirrorl.data.encode import PaddedBatch, encode_prompt, pad_batch
+from mirrorl.data.encode import encode_prompt
 from mirrorl.data.samplers import CurriculumSampler, PrioritizedSampler, UniformSampler
-from mirrorl.rewards.registry import RewardFn, get_reward
-from mirrorl.rollout.engine import Engine
+from mirrorl.rewards.batch import GuardedReward
 from mirrorl.rollout.partial import PartialRollouts, Trajectory, rollout_metrics
-from mirrorl.train.checkpoint import capture_rng, read_training_state, restore_rng
 from mirrorl.train.metrics import MetricsLogger, console, progress_bar
 from mirrorl.train.resume import Checkpointing, TrainingStopped
-from mirrorl.types import Problem, Sample
-
+from mirrorl.train.state import capture_rng, read_training_state, restore_rng
+from mirrorl.train.trainer import build_train_batch
+from mirrorl.types import Generator, Problem, Sample, Trainer
 
 Sampler = UniformSampler | CurriculumSampler | PrioritizedSampler
 
@@ -100,20 +99,19 @@ def to_samples(groups: Sequence[Sequence[Trajectory]], tokenizer: PreTrainedToke
     ]
 
 
-def score(samples: list[Sample], problems: Sequence[Problem], reward_fn: RewardFn,
-          repeat_penalty: float = 0.0) -> list[Sample]:
-    """Fill correctness rewards (minus the repeat penalty); return only the samples that could be scored."""
-    items = [(sample.text, problems[sample.problem_index]) for sample in samples]
-    score_batch = getattr(reward_fn, "score_batch", None)  # a reward model judges the whole batch in one call
-    values = score_batch(items) if score_batch is not None else [reward_fn(*item) for item in items]
+def score(samples: list[Sample], problems: Sequence[Problem], reward: GuardedReward,
+          repeat_penalty: float = 0.0) -> tuple[list[Sample], list[str]]:
+    """Fill correctness rewards (minus the repeat penalty); returns the samples that could be scored
+    and the errors the reward raised."""
+    scores = reward([s.text for s in samples], [problems[s.problem_index] for s in samples])
     kept = []
-    for sample, value in zip(samples, values):
+    for sample, value in zip(samples, scores.values):
         if value is None:
             continue
         sample.correct = value >= 1.0
         sample.reward = float(value) - (repeat_penalty if sample.finish_reason == "repeat" else 0.0)
         kept.append(sample)
-    return kept
+    return kept, scores.errors
 
 
 def add_length_rewards(samples: list[Sample], cfg: AlgoConfig, iteration: int) -> float:
@@ -128,101 +126,6 @@ def add_length_rewards(samples: list[Sample], cfg: AlgoConfig, iteration: int) -
         for sample, value in zip(samples, bonus.tolist()):
             sample.length_reward = weight * value
     return weight
-
-
-def _select(batch: PaddedBatch, rows: torch.Tensor) -> PaddedBatch:
-    """Rows of a padded batch, trimmed to their longest sequence."""
-    width = int(batch.attention_mask[rows].sum(dim=1).max().item())
-    return PaddedBatch(
-        batch.input_ids[rows, :width], batch.attention_mask[rows, :width], batch.response_mask[rows, : width - 1]
-    )
-
-
-@torch.no_grad()
-def reference_logprobs(model: PreTrainedModel, batch: PaddedBatch, samples: Sequence[Sample], iteration: int,
-                       chunk_size: int, micro: int = 64) -> torch.Tensor:
-    """log pi_i [N, T-1] of every token of whole trajectories.
-
-    When every token was sampled by pi_i itself (full rollouts, or a trajectory finished within one
-    segment) these are the log-probs the engine returned with the tokens, computed from the same
-    weights; otherwise (tokens from earlier policies) one forward pass recomputes them.
-    """
-    if all(v == iteration for s in samples for v in s.versions) and all(len(s.logprobs) == len(s.response_ids)
-                                                                         for s in samples):
-        return per_token(batch, samples, [s.logprobs for s in samples])
-    ref = torch.zeros_like(batch.response_mask)  # [N, T-1]
-    for start in range(0, batch.input_ids.shape[0], micro):
-        rows = torch.arange(start, min(start + micro, batch.input_ids.shape[0]))
-        sub = _select(batch, rows)
-        out = sequence_logprobs(model, sub.input_ids, sub.attention_mask, chunk_size)
-        ref[rows, : out.logprobs.shape[1]] = out.logprobs
-    return ref
-
-
-def per_token(batch: PaddedBatch, samples: Sequence[Sample], values: Sequence[Sequence[float]]) -> torch.Tensor:
-    """Each sample's per-response-token `values` under its tokens [N, T-1] (position t predicts token t+1)."""
-    out = torch.zeros_like(batch.response_mask)  # [N, T-1]
-    for row, (sample, row_values) in enumerate(zip(samples, values)):
-        start = len(sample.prompt_ids) - 1
-        out[row, start : start + len(row_values)] = torch.tensor(row_values, dtype=out.dtype)
-    return out
-
-
-def older_tokens(batch: PaddedBatch, samples: Sequence[Sample], iteration: int) -> torch.Tensor:
-    """1.0 [N, T-1] under the response tokens earlier policies wrote (partial rollouts), else 0."""
-    return per_token(batch, samples, [[float(v != iteration) for v in s.versions] for s in samples])
-
-
-def optimize(model: PreTrainedModel, optimizer: torch.optim.Optimizer, samples: list[Sample], cfg: Config,
-             pad_id: int, rng: random.Random, iteration: int) -> dict[str, float]:
-    """`grad_steps` optimizer steps on mini-batches of whole groups; returns averaged loss metrics."""
-    device = next(model.parameters()).device
-    batch = pad_batch([s.prompt_ids for s in samples], [s.response_ids for s in samples], pad_id, device)
-    older = older_tokens(batch, samples, iteration)  # [N, T-1]
-    if cfg.rl.train_tokens == "newest":  # tokens of earlier policies stay as context only
-        batch.response_mask *= 1 - older
-    ref = reference_logprobs(model, batch, samples, iteration, cfg.rl.logprob_chunk_size)  # [N, T-1]
-    weights = None  # off-policy correction of partial rollouts' older segments
-    if cfg.rl.off_policy_correction == "truncated_is" and older.any():
-        behaviour = per_token(batch, samples, [s.logprobs for s in samples])  # [N, T-1]
-        weights = stale_weights(ref, behaviour, older, cap=cfg.rl.is_cap)  # [N]
-    rewards = torch.tensor([s.reward + s.length_reward for s in samples], device=device)  # [N]
-    correct = torch.tensor([s.correct for s in samples], device=device)  # [N]
-    group_ids = torch.tensor([s.group_id for s in samples], device=device)  # [N]
-    params = LossParams(tau=cfg.algo.tau, length_normalize=cfg.algo.length_normalize,
-                        clip_eps=cfg.algo.clip_eps, scale_by_std=cfg.algo.scale_by_std)
-    groups = sorted(set(group_ids.tolist()))
-    rng.shuffle(groups)
-    num_steps = min(cfg.rl.grad_steps, len(groups))
-    totals: Counter[str] = Counter()
-    entropy_sum = 0.0
-    model.train()
-    for step in range(num_steps):
-        chosen = torch.tensor(groups[step::num_steps], device=device)
-        rows = torch.nonzero(torch.isin(group_ids, chosen)).squeeze(1)
-        sub = _select(batch, rows)
-        width = sub.response_mask.shape[1]
-        current = sequence_logprobs(model, sub.input_ids, sub.attention_mask, cfg.rl.logprob_chunk_size,
-                                    with_entropy=True)
-        logprobs = current.logprobs
-        entropy_sum += float((current.entropy * sub.response_mask).sum())
-        out = LOSSES[cfg.algo.loss](
-            LossInputs(logprobs=logprobs, ref_logprobs=ref[rows, :width], mask=sub.response_mask,
-                       rewards=rewards[rows], correct=correct[rows], group_ids=group_ids[rows],
-                       weights=None if weights is None else weights[rows]),
-            params,
-        )
-        out.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.rl.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        totals.update({**out.metrics, "grad_norm": float(grad_norm)})
-    model.eval()
-    entropy = entropy_sum / max(1.0, float(batch.response_mask.sum()))  # of the policy as it was being updated
-    metrics = {**{k: v / num_steps for k, v in totals.items()}, "entropy": entropy}
-    if weights is not None:
-        metrics["stale_weight_mean"] = float(weights.mean())
-    return metrics
 
 
 def group_success(samples: list[Sample]) -> dict[int, tuple[int, float]]:
@@ -252,41 +155,6 @@ def iteration_metrics(samples: list[Sample], num_drawn: int, num_groups: int) ->
     }
 
 
-class GuardedReward:
-    """The reward function with its exceptions caught: such a sample is dropped like a None reward.
-
-    A scorer that raises on some input must not cost the run; the errors of an iteration are
-    counted (`reward_errors`) and the first is shown. When no sample of an iteration could be
-    scored the loop stops (after a checkpoint), since training on nothing would hide a broken reward.
-    """
-
-    def __init__(self, reward_fn: RewardFn) -> None:
-        self.reward_fn = reward_fn
-        self.errors: list[str] = []
-
-    def __call__(self, response: str, problem: Problem) -> float | None:
-        try:
-            return self.reward_fn(response, problem)
-        except Exception as err:  # noqa: BLE001 - any failure of user code drops the sample, counted
-            self.errors.append(f"{type(err).__name__}: {err}".splitlines()[0])
-            return None
-
-    def score_batch(self, items: Sequence[tuple[str, Problem]]) -> list[float | None]:
-        """The reward's own batch call when it has one (reward models), else one call per item."""
-        batch = getattr(self.reward_fn, "score_batch", None)
-        if batch is None:
-            return [self(*item) for item in items]
-        try:
-            return list(batch(items))
-        except Exception as err:  # noqa: BLE001 - as in __call__, for every item of the batch
-            self.errors += [f"{type(err).__name__}: {err}".splitlines()[0]] * len(items)
-            return [None] * len(items)
-
-    def take_errors(self) -> list[str]:
-        errors, self.errors = self.errors, []
-        return errors
-
-
 def problems_digest(problems: Sequence[Problem]) -> str:
     """sha256 over the problems' ids, prompts and answers: a resumed run must draw from the same list."""
     digest = hashlib.sha256()
@@ -308,52 +176,50 @@ def loop_state(iteration: int, accuracy: float, sampler: Sampler, rollouts: Part
     return {"trainer": json.loads(json.dumps(trainer)), "rng": capture_rng(loop=rng)}
 
 
-def load_loop_state(path: Path, optimizer: torch.optim.Optimizer, sampler: Sampler, rollouts: PartialRollouts,
-                    rng: random.Random, digest: str) -> dict[str, Any]:
-    """Put the checkpoint at `path` into the loop's objects (the weights are loaded with the model);
+def load_loop_state(path: Path, trainer: Trainer, sampler: Sampler, rollouts: PartialRollouts, rng: random.Random,
+                    digest: str) -> dict[str, Any]:
+    """Put the checkpoint at `path` into the loop's objects (the weights are loaded with the policy);
     returns its trainer state (`iteration` to continue from, last training `accuracy`, ...)."""
-    saved = read_training_state(path, optimizer)
+    saved = read_training_state(path)
     if saved.trainer["problems_sha256"] != digest:
         raise ValueError(f"cannot resume from {path}: the training problems differ from the ones it was trained on "
                          "(was the data file changed?)")
+    trainer.load_optimizer(path)
     sampler.load_state_dict(saved.trainer["sampler"])
     rollouts.load_state_dict(saved.trainer["rollouts"])
     restore_rng(saved.rng, loop=rng)
     return saved.trainer
 
 
-def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problems: Sequence[Problem],
-             cfg: Config, logger: MetricsLogger, checkpointing: Checkpointing | None = None) -> RLResult:
+def train_rl(trainer: Trainer, generator: Generator, reward: GuardedReward, tokenizer: PreTrainedTokenizerBase,
+             problems: Sequence[Problem], cfg: Config, logger: MetricsLogger,
+             checkpointing: Checkpointing | None = None) -> RLResult:
     """Run the k1.5 loop on `problems` up to iteration `cfg.rl.iterations` (from `checkpointing.resume` if set)."""
     ckpt = checkpointing or Checkpointing.off()
     sampler = build_sampler(cfg.sampler, problems, cfg.run.seed)
-    reward_fn = GuardedReward(get_reward(cfg.rl.reward, cfg.rewards))
     rng = random.Random(cfg.run.seed)
-    engine = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     rollouts = PartialRollouts(cfg.algo.num_samples, cfg.rl.segment_budget)
-    make_optimizer = lambda: torch.optim.AdamW(model.parameters(), lr=cfg.rl.lr, betas=(0.9, 0.95), weight_decay=0.0)  # noqa: E731
-    optimizer = make_optimizer()
+    params = cfg.rollout.params()
     first, accuracy, digest = 0, 0.0, problems_digest(problems)
     if ckpt.resume is not None:
-        trainer = load_loop_state(ckpt.resume.path, optimizer, sampler, rollouts, rng, digest)
-        first, accuracy = trainer["iteration"], trainer["accuracy"]
+        saved = load_loop_state(ckpt.resume.path, trainer, sampler, rollouts, rng, digest)
+        first, accuracy = saved["iteration"], saved["accuracy"]
     with ckpt.signals(), progress_bar() as bar:
         task = bar.add_task("rl", total=cfg.rl.iterations, completed=first, info="")
         for iteration in range(first, cfg.rl.iterations):
             state = loop_state(iteration, accuracy, sampler, rollouts, rng, digest)  # the start of this iteration
-            save = lambda: ckpt.save(iteration, model, optimizer, **state)  # noqa: E731
+            save = partial(ckpt.save_with, iteration, trainer.save, **state)
             ckpt.boundary(iteration, first, "rl", save)  # 0. checkpoint when due, or stop when asked to
+            generator.update_weights(iteration, trainer.state_dict())  # pi_i generates this iteration
             t0 = time.perf_counter()
             for index in sampler.sample(cfg.rl.problems_per_iteration, iteration):  # 1.
                 rollouts.add(index, encode_prompt(tokenizer, problems[index].prompt, cfg.data.use_chat_template))
-            stepped = len(rollouts.unfinished())
-            ready = rollouts.step(engine, cfg.rollout, seed=cfg.run.seed * 100_003 + iteration, version=iteration)  # 2.
+            step = rollouts.step(generator, params, seed=cfg.run.seed * 100_003 + iteration)  # 2.
             t1 = time.perf_counter()
-            metrics = rollout_metrics(ready, rollouts, iteration, engine.idle_fraction, stepped)
-            metrics.update(rollout_tokens_per_second=engine.new_tokens / (t1 - t0), time_rollout=t1 - t0)
-            drawn = to_samples(ready, tokenizer)
-            samples = score(drawn, problems, reward_fn, cfg.rollout.repeat.penalty)  # 3. reward
-            errors = reward_fn.take_errors()
+            metrics = rollout_metrics(step, rollouts, iteration)
+            metrics.update(rollout_tokens_per_second=step.new_tokens / (t1 - t0), time_rollout=t1 - t0)
+            drawn = to_samples(step.groups, tokenizer)
+            samples, errors = score(drawn, problems, reward, cfg.rollout.repeat.penalty)  # 3. reward
             metrics["reward_errors"] = len(errors)
             if errors:
                 console.print(f"rl iteration {iteration}: the reward function raised on {len(errors)} of "
@@ -367,14 +233,15 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problem
                 weight = add_length_rewards(samples, cfg.algo, iteration)
                 t2 = time.perf_counter()
                 if cfg.rl.reset_optimizer:  # 4. optimize
-                    optimizer = make_optimizer()
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.rl.lr * min(1.0, (iteration + 1) / max(1, cfg.rl.lr_warmup_iterations))
-                loss_metrics = optimize(model, optimizer, samples, cfg, tokenizer.pad_token_id, rng, iteration)
+                    trainer.reset_optimizer()
+                batch = build_train_batch(samples, iteration, tokenizer.pad_token_id, cfg.rl.grad_steps, rng,
+                                          cfg.rl.train_tokens)
+                lr = cfg.rl.lr * linear_warmup(iteration, cfg.rl.lr_warmup_iterations)
+                step_metrics = trainer.train_step(batch, lr)
                 t3 = time.perf_counter()
                 scored = group_success(samples)  # 5. log
                 sampler.update([index for index, _ in scored.values()], [rate for _, rate in scored.values()])
-                metrics.update(iteration_metrics(samples, len(drawn), len(ready)), **loss_metrics,
+                metrics.update(iteration_metrics(samples, len(drawn), len(step.groups)), **step_metrics.as_dict(),
                                length_penalty_weight=weight, time_reward=t2 - t1, time_optimize=t3 - t2)
                 accuracy = metrics["accuracy"]
             metrics["time_iteration"] = time.perf_counter() - t0
@@ -383,5 +250,5 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problem
                                              f"kl {metrics.get('kl', 0):.4f} buffer {metrics['buffer_trajectories']}")
         if first < cfg.rl.iterations:
             final = loop_state(cfg.rl.iterations, accuracy, sampler, rollouts, rng, digest)
-            ckpt.save(cfg.rl.iterations, model, optimizer, **final)
+            ckpt.save_with(cfg.rl.iterations, trainer.save, **final)
     return RLResult(cfg.rl.iterations - first, accuracy)

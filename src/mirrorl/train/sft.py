@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -31,11 +30,12 @@ import torch
 from transformers import PreTrainedModel
 
 from mirrorl.algo.logprobs import sequence_logprobs
+from mirrorl.algo.schedule import one_cycle
 from mirrorl.config import SFTConfig
 from mirrorl.data.encode import pad_batch
-from mirrorl.train.checkpoint import capture_rng, read_training_state, restore_rng
 from mirrorl.train.metrics import MetricsLogger, progress_bar
 from mirrorl.train.resume import Checkpointing
+from mirrorl.train.state import capture_rng, read_training_state, restore_rng
 
 
 @dataclass
@@ -113,16 +113,8 @@ class BucketedBatches:
             self._build_epoch()
 
 
-def one_cycle(step: int, total: int, warmup_ratio: float) -> float:
-    """LR multiplier: linear warm-up to 1, then cosine decay to 0 at the last step."""
-    warmup = max(1, int(total * warmup_ratio))
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def sft_loss(model: PreTrainedModel, batch: list[SFTExample], pad_id: int, device: torch.device) -> tuple[torch.Tensor, int]:
+def sft_loss(model: PreTrainedModel, batch: list[SFTExample], pad_id: int,
+             device: torch.device) -> tuple[torch.Tensor, int]:
     """Token-mean NLL over response tokens, and the number of those tokens."""
     padded = pad_batch([e.prompt_ids for e in batch], [e.response_ids for e in batch], pad_id, device)
     logprobs = sequence_logprobs(model, padded.input_ids, padded.attention_mask).logprobs  # [B, T-1]
@@ -164,7 +156,7 @@ def train_sft(
     with ckpt.signals(), progress_bar() as bar:
         task = bar.add_task("sft", total=cfg.steps, completed=first, info="")
         for step in range(first, cfg.steps):
-            ckpt.boundary(step, first, "sft", lambda: save(step))
+            ckpt.boundary(step, first, "sft", functools.partial(save, step))
             loss, num_tokens = sft_loss(model, next(batches), pad_id, device)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -1,15 +1,16 @@
 """Chain-of-Thought reward model (k1.5 sec. 2.3.5): a causal LM judges a response against the reference.
 
-The judge is prompted with the question, the reference answer and the response (the template of
-`CoTRMConfig`, through the tokenizer's chat template when it has one), reasons step by step, and
-ends with a JSON verdict such as {"correct": true}. The report measured 98.5% accuracy for its CoT
-RM against 84% for a classic value-head RM (`value_head.py`) and used the CoT RM in RL.
+The judge (any causal LM, decoding through a `mirrorl.types.Generator`) is prompted with the
+question, the reference answer and the response (the template of `CoTRMConfig`, through the
+tokenizer's chat template when it has one), reasons step by step, and ends with a JSON verdict
+such as {"correct": true}. The report measured 98.5% accuracy for its CoT RM against 84% for a
+classic value-head RM (`value_head.py`) and used the CoT RM in RL.
 
 Parsing (`parse_verdict`): the verdict is the last JSON object in the judgement that has the
 verdict key at its top level (objects without it, nested objects and LaTeX braces in the
 reasoning are passed over); its value must be a JSON boolean. Error policy, as for the verifiers:
 a judgement that yields no verdict is an error, never a wrong answer. `Verdict.reward` is None
-for it, the RL loop drops the sample, and `CoTRewardModel.counts` counts it by kind:
+for it, the caller drops the sample, and `CoTRewardModel.counts` counts it by kind:
   no_json        no complete JSON object at all (garbage, or cut off inside the object)
   missing_key    JSON objects, but none has the verdict key
   not_bool       the key holds "yes", 1, null, ... instead of true/false
@@ -17,7 +18,7 @@ for it, the RL loop drops the sample, and `CoTRewardModel.counts` counts it by k
   unfinished     the judge was stopped (max_new_tokens, repeat detection) before it ended on its own
   too_long       prompt plus max_new_tokens exceed the judge's context window
 
-Batching: all judgements of a call go through the generation engine together, greedy, so a
+Batching: all judgements of a call go through the generator together, greedy, so a
 verdict is a function of (question, reference, response tail); repeats within a call are judged
 once and verdicts are kept in an LRU cache.
 
@@ -33,14 +34,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from mirrorl.config import SamplingConfig
+from mirrorl.config import CoTRMConfig, SamplingConfig
 from mirrorl.data.encode import encode_prompt
-from mirrorl.models import load_policy, pick_device, pick_dtype
-from mirrorl.rewards.reward_models.common import CoTRMConfig, fill_template
-from mirrorl.rollout.engine import Engine, Request
-from mirrorl.types import Problem
+from mirrorl.rewards.batch import BatchFirst
+from mirrorl.rewards.reward_models.common import fill_template
+from mirrorl.types import Generator, Problem, Request
 
 _DUPLICATE = object()  # stands for the value of a key written twice in one object
 
@@ -106,51 +106,26 @@ def judge_completion(text: str, finish_reason: str, key: str, accept_unfinished:
     return parse_verdict(text, key)
 
 
-class CoTRewardModel:
-    """A CoT judge as a reward function: `rm(response, problem)`, or `rm.score_batch([(response, problem), ...])`.
+class CoTRewardModel(BatchFirst):
+    """A CoT judge as a batch reward: `rm(responses, problems)` -> 1.0, 0.0 or None (no verdict) each.
 
-    The judge model is loaded from `config.path` on first use (or given to `from_model`).
+    `generator` decodes with the judge model's weights; prompts longer than `context_window`
+    (prompt plus `max_new_tokens`; None: no limit) are not sent and come back as `too_long`.
     """
 
-    def __init__(self, config: CoTRMConfig) -> None:
-        self.config = config
+    def __init__(self, config: CoTRMConfig, generator: Generator, tokenizer: PreTrainedTokenizerBase,
+                 context_window: int | None = None) -> None:
+        self.config, self.generator, self.tokenizer, self.context_window = config, generator, tokenizer, context_window
         self.counts: Counter[str] = Counter()  # verdicts returned by outcome / error kind, judged, cache_hits
         self._cache: OrderedDict[tuple[str, str, str], Verdict] = OrderedDict()
-        self._tokenizer: PreTrainedTokenizerBase | None = None
-        self._engine: Engine | None = None
 
-    @classmethod
-    def from_model(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                   config: CoTRMConfig) -> CoTRewardModel:
-        """A judge over an already loaded model (`config.path` is not read)."""
-        judge = cls(config)
-        judge._attach(model, tokenizer)
-        return judge
+    def __call__(self, responses: Sequence[str], problems: Sequence[Problem]) -> list[float | None]:
+        return [verdict.reward for verdict in self.judge(responses, problems)]
 
-    def _attach(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-        self._tokenizer = tokenizer
-        self._engine = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
-
-    def _ready(self) -> tuple[Engine, PreTrainedTokenizerBase]:
-        if self._engine is None:
-            if self.config.path is None:
-                raise ValueError("rewards.cot_rm.path is not set: the CoT reward model needs a judge model directory")
-            device = pick_device(self.config.device)
-            self._attach(*load_policy(self.config.path, device, pick_dtype(self.config.dtype, device)))
-        assert self._engine is not None and self._tokenizer is not None
-        return self._engine, self._tokenizer
-
-    def __call__(self, response: str, problem: Problem) -> float | None:
-        return self.score_batch([(response, problem)])[0]
-
-    def score_batch(self, items: Sequence[tuple[str, Problem]]) -> list[float | None]:
-        """Rewards of (response, problem) pairs, in order: 1.0, 0.0, or None when the judgement failed."""
-        return [verdict.reward for verdict in self.judge_batch(items)]
-
-    def judge_batch(self, items: Sequence[tuple[str, Problem]]) -> list[Verdict]:
-        """Verdicts of (response, problem) pairs, in order; new ones are judged in one engine call."""
+    def judge(self, responses: Sequence[str], problems: Sequence[Problem]) -> list[Verdict]:
+        """Verdicts of the responses to their problems, in order; new ones are judged in one generator call."""
         tail = self.config.max_response_chars
-        keys = [(problem.prompt, problem.answer, response[-tail:]) for response, problem in items]
+        keys = [(problem.prompt, problem.answer, response[-tail:]) for response, problem in zip(responses, problems)]
         known = {key: self._cache[key] for key in keys if key in self._cache}
         fresh = [key for key in dict.fromkeys(keys) if key not in known]  # unique, in first-seen order
         known.update(zip(fresh, self._judge(fresh)))
@@ -165,14 +140,12 @@ class CoTRewardModel:
     def _judge(self, keys: list[tuple[str, str, str]]) -> list[Verdict]:
         if not keys:
             return []
-        engine, tokenizer = self._ready()
-        cfg = self.config
+        cfg, tokenizer, window = self.config, self.tokenizer, self.context_window
         prompts = [encode_prompt(tokenizer, fill_template(cfg.template, *key), cfg.use_chat_template) for key in keys]
-        window = getattr(engine.model.config.get_text_config(), "max_position_embeddings", None)
         fits = [window is None or len(ids) + cfg.max_new_tokens <= window for ids in prompts]
-        params = SamplingConfig(temperature=0, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+        params = SamplingConfig(temperature=0, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size).params()
         requests = [Request(ids) for ids, ok in zip(prompts, fits) if ok]
-        completions = iter(engine.generate(requests, params, seed=0) if requests else [])
+        completions = iter(self.generator.generate(requests, params, seed=0).completions if requests else [])
         verdicts = []
         for ok in fits:
             if not ok:

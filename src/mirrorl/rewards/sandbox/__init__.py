@@ -1,7 +1,7 @@
-"""The code sandbox (issue #4): runs untrusted Python or C++ against test cases, safely.
+"""The code sandbox of the code reward (k1.5 sec. 2.3.5): runs untrusted Python or C++ against test cases, safely.
 
 Modules, one job each:
-- records.py    Limits, Program, TestCase, the Verdict enum and the results
+- records.py    Program, the Verdict enum and the results (Limits: mirrorl.config; TestCase: mirrorl.types)
 - runner.py     the in-sandbox runner: compiles, runs each test as a limited child, reports raw outcomes
 - isolation.py  bubblewrap (or the fallback) and the Protections report; the command line
 - cgroups.py    per-sample pids and memory cgroups (v2, else v1)
@@ -13,10 +13,12 @@ Does not: filter syscalls (no seccomp), run languages other than Python and C++,
 sandboxes (each sample starts bubblewrap afresh), or judge with special checkers.
 """
 
+from mirrorl.config import Limits
 from mirrorl.rewards.sandbox.isolation import Isolation, Protections, default_isolation, detect_isolation, protections
-from mirrorl.rewards.sandbox.records import Limits, Program, RunResult, TestCase, TestResult, Verdict
+from mirrorl.rewards.sandbox.records import Program, RunResult, TestResult, Verdict
 from mirrorl.rewards.sandbox.reward import code_reward, extract_program, run_cli
 from mirrorl.rewards.sandbox.run import run_program
+from mirrorl.types import TestCase
 
 __all__ = [
     "Isolation", "Limits", "Program", "Protections", "RunResult", "TestCase", "TestResult", "Verdict",

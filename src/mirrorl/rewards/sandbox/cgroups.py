@@ -1,7 +1,7 @@
 """Per-sample cgroups: one pids.max and one memory limit over the whole process tree of a sample.
 
 RLIMIT_AS bounds each process; only a cgroup bounds their sum (a fork-and-allocate bomb) and
-counts the tmpfs work dir's pages. The issue asks for cgroup v2 where it is writable. We use:
+counts the tmpfs work dir's pages. cgroup v2 is preferred where it is writable. We use:
 - v2 when /sys/fs/cgroup is a unified hierarchy whose controllers include pids and memory and we
   can enable them below our own cgroup (in a child `mirrorl-sandbox/`; this fails when our
   cgroup holds processes and is not a root, the v2 no-internal-process rule);
@@ -93,7 +93,8 @@ class SampleCgroup:
         if "memory" not in self.dirs:
             return None
         memory = self.dirs["memory"]
-        names = ["memory.peak"] if self.version == 2 else ["memory.memsw.max_usage_in_bytes", "memory.max_usage_in_bytes"]
+        names = (["memory.peak"] if self.version == 2
+                 else ["memory.memsw.max_usage_in_bytes", "memory.max_usage_in_bytes"])
         for name in names:
             try:
                 return int((memory / name).read_text())

@@ -26,7 +26,8 @@ def tokens_match(actual: str, expected: str, float_tolerance: float | None) -> b
         a, b = float(actual), float(expected)
     except ValueError:
         return False
-    return math.isfinite(a) and math.isfinite(b) and math.isclose(a, b, rel_tol=float_tolerance, abs_tol=float_tolerance)
+    return (math.isfinite(a) and math.isfinite(b)
+            and math.isclose(a, b, rel_tol=float_tolerance, abs_tol=float_tolerance))
 
 
 def outputs_match(actual: str, expected: str, float_tolerance: float | None = None) -> bool:

@@ -74,7 +74,8 @@ class Protections:
 
     def summary(self) -> str:
         notes = f" ({'; '.join(self.notes)})" if self.notes else ""
-        return f"{self.backend}; active: {', '.join(self.active())}; missing: {', '.join(self.missing()) or 'none'}{notes}"
+        return (f"{self.backend}; active: {', '.join(self.active())}; "
+                f"missing: {', '.join(self.missing()) or 'none'}{notes}")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -152,7 +153,8 @@ def _probe(isolation: Isolation) -> str:
         done = subprocess.run(argv, capture_output=True, timeout=30, env={})
     except (OSError, subprocess.TimeoutExpired) as err:
         return str(err)
-    return "" if done.returncode == 0 else done.stderr.decode(errors="replace").strip() or f"exit code {done.returncode}"
+    return ("" if done.returncode == 0
+            else done.stderr.decode(errors="replace").strip() or f"exit code {done.returncode}")
 
 
 def detect_isolation(backend: Backend = "auto") -> Isolation:
@@ -220,5 +222,5 @@ def default_isolation() -> Isolation:
 
 
 def protections() -> Protections:
-    """Which protections the default sandbox of this machine has (issue #4's start-up report)."""
+    """Which protections the default sandbox of this machine has (the sandbox's start-up report)."""
     return default_isolation().protections

@@ -1,7 +1,8 @@
-"""What goes into a sandboxed run and what comes out: limits, program, tests, verdicts.
+"""What goes into a sandboxed run and what comes out: the program, the verdicts and the results.
 
-The verdict set is the one issue #4 asks for. `SANDBOX_ERROR` means the sandbox failed, not the
-program; callers must never turn it into a reward (see reward.py).
+`SANDBOX_ERROR` means the sandbox failed, not the program; callers must never turn it into a
+reward (see reward.py). The limits are a config section (`mirrorl.config.Limits`); a test case is
+a record of `mirrorl.types`.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
 
 Language = Literal["python", "cpp"]
 
@@ -27,45 +26,12 @@ class Verdict(str, enum.Enum):
     SANDBOX_ERROR = "sandbox_error"  # the sandbox itself failed: says nothing about the program
 
 
-class Limits(BaseModel):
-    """Resource limits of one sandboxed run. Per test unless said otherwise."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    cpu_seconds: int = Field(
-        2, ge=1, le=600, description="RLIMIT_CPU soft limit (SIGXCPU); the hard limit, one second more, is SIGKILL."
-    )
-    wall_seconds: float = Field(4.0, gt=0, le=600, description="Wall-clock deadline of one test, from start to exit.")
-    memory_bytes: int = Field(512 << 20, ge=32 << 20, description="RLIMIT_AS and RLIMIT_DATA of each program process.")
-    output_bytes: int = Field(
-        1 << 20, ge=1024, description="Cap on the stdout (and on the stderr) of one test; past it the test is killed."
-    )
-    num_processes: int = Field(
-        32, ge=1, le=4096, description="Processes and threads of the program: RLIMIT_NPROC, and cgroup pids.max."
-    )
-    num_open_files: int = Field(64, ge=16, le=65536, description="RLIMIT_NOFILE of each process.")
-    file_bytes: int = Field(16 << 20, ge=0, description="RLIMIT_FSIZE: the largest file a process may write.")
-    work_dir_bytes: int = Field(64 << 20, ge=1 << 20, description="Size of the private tmpfs work dir (bubblewrap).")
-    compile_seconds: float = Field(30.0, gt=0, le=600, description="CPU and wall limit of the C++ compilation.")
-    stop_on_failure: bool = Field(True, description="Skip the remaining tests after a crash, timeout or output overflow.")
-
-
 @dataclass(frozen=True)
 class Program:
     """Source code and its language."""
 
     language: Language
     source: str
-
-
-@dataclass(frozen=True)
-class TestCase:
-    """One stdin and the stdout expected for it."""
-
-    __test__ = False  # not a pytest class
-
-    input: str
-    output: str
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,17 @@ import logging
 import re
 from pathlib import Path
 
-from mirrorl.rewards.sandbox.isolation import Backend, detect_isolation, default_isolation
-from mirrorl.rewards.sandbox.records import Limits, Program, TestCase, Verdict
+from mirrorl.config import Limits
+from mirrorl.data.io import parse_tests
+from mirrorl.rewards.sandbox.isolation import Backend, default_isolation, detect_isolation
+from mirrorl.rewards.sandbox.records import Program, Verdict
 from mirrorl.rewards.sandbox.run import run_program
 from mirrorl.types import Problem
 
 logger = logging.getLogger(__name__)
 
-FENCE_LANGUAGES = {"python": "python", "py": "python", "python3": "python", "cpp": "cpp", "c++": "cpp", "cc": "cpp", "cxx": "cpp"}
+FENCE_LANGUAGES = {"python": "python", "py": "python", "python3": "python",
+                   "cpp": "cpp", "c++": "cpp", "cc": "cpp", "cxx": "cpp"}
 FENCE = re.compile(r"```[ \t]*([\w+]+)[ \t]*\n(.*?)```", re.DOTALL)
 SUFFIX_LANGUAGES = {".py": "python", ".cpp": "cpp", ".cc": "cpp", ".cxx": "cpp"}
 
@@ -38,18 +41,6 @@ def extract_program(response: str) -> Program | None:
         if (language := FENCE_LANGUAGES.get(match.group(1).lower())) is not None:
             return Program(language, match.group(2))  # type: ignore[arg-type]
     return None
-
-
-def parse_tests(raw: object, where: str) -> list[TestCase]:
-    """[{"input": str, "output": str}, ...] -> TestCases; ValueError naming `where` otherwise."""
-    if not isinstance(raw, list) or not raw:
-        raise ValueError(f"{where}: expected a non-empty list of {{'input': str, 'output': str}}")
-    tests = []
-    for index, test in enumerate(raw):
-        if not (isinstance(test, dict) and isinstance(test.get("input"), str) and isinstance(test.get("output"), str)):
-            raise ValueError(f"{where}[{index}]: expected {{'input': str, 'output': str}}, got {test!r:.100}")
-        tests.append(TestCase(test["input"], test["output"]))
-    return tests
 
 
 def code_reward(response: str, problem: Problem) -> float | None:

@@ -27,10 +27,12 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 
+from mirrorl.config import Limits
 from mirrorl.rewards.sandbox.compare import outputs_match
 from mirrorl.rewards.sandbox.isolation import Isolation, default_isolation
-from mirrorl.rewards.sandbox.records import Limits, Program, RunResult, TestCase, TestResult, Verdict
+from mirrorl.rewards.sandbox.records import Program, RunResult, TestResult, Verdict
 from mirrorl.rewards.sandbox.runner import STDERR_TAIL_BYTES, Pumped, pump
+from mirrorl.types import TestCase
 
 STARTUP_SECONDS = 10.0  # allowance for starting the sandbox on a loaded machine
 PER_TEST_SLACK_SECONDS = 1.0  # killing and reaping after a test's deadline
@@ -73,7 +75,8 @@ def run_program(
            "limits": limits.model_dump(), **isolation.job_fields()}  # fmt: skip
     if host_deadline_seconds is None:
         compile_seconds = limits.compile_seconds if program.language == "cpp" else 0.0
-        host_deadline_seconds = STARTUP_SECONDS + compile_seconds + len(tests) * (limits.wall_seconds + PER_TEST_SLACK_SECONDS)
+        host_deadline_seconds = (STARTUP_SECONDS + compile_seconds
+                                 + len(tests) * (limits.wall_seconds + PER_TEST_SLACK_SECONDS))
     line_bytes = 4 * limits.output_bytes // 3 + 8 * STDERR_TAIL_BYTES + 1024  # base64 stdout, JSON-escaped stderr
     start, launched_at = time.monotonic(), time.time()
     try:
@@ -97,7 +100,8 @@ def run_program(
     except (KeyError, TypeError, ValueError) as err:
         result = RunResult(Verdict.SANDBOX_ERROR, (), f"malformed runner report: {err!r}")
     return RunResult(
-        result.verdict, result.tests, result.detail, lines[0]["time"] - launched_at, total_seconds, launched.peak_memory_bytes
+        result.verdict, result.tests, result.detail, lines[0]["time"] - launched_at, total_seconds,
+        launched.peak_memory_bytes
     )
 
 
@@ -162,7 +166,8 @@ def _failure(line: dict, limits: Limits, oom_kills: int) -> TestResult | None:
         verdict, detail = Verdict.TIMEOUT, f"over {limits.cpu_seconds} s CPU or {limits.wall_seconds} s wall"
     elif status == "output_limit":
         verdict, detail = Verdict.OUTPUT_LIMIT, f"more than {limits.output_bytes} bytes of output"
-    elif any(marker in stderr for marker in MEMORY_MARKERS) or (status == "signaled" and code == signal.SIGKILL and oom_kills):
+    elif (any(marker in stderr for marker in MEMORY_MARKERS)
+          or (status == "signaled" and code == signal.SIGKILL and oom_kills)):
         verdict, detail = Verdict.MEMORY, f"out of memory: {last_stderr_line}"
     elif status == "signaled":
         verdict, detail = Verdict.RUNTIME_ERROR, f"killed by {_signal_name(code)}"
@@ -181,7 +186,8 @@ def judge(
             verdict = Verdict.RUNTIME_ERROR if compiled.verdict is Verdict.OUTPUT_LIMIT else compiled.verdict
             return RunResult(verdict, (), f"compilation failed: {compiled.detail}")
     if len(lines) > len(tests) or any(line["kind"] != "test" for line in lines):
-        return RunResult(Verdict.SANDBOX_ERROR, (), f"unexpected runner report lines: {[line['kind'] for line in lines]}")
+        return RunResult(Verdict.SANDBOX_ERROR, (),
+                         f"unexpected runner report lines: {[line['kind'] for line in lines]}")
     results: list[TestResult] = []
     crashed = False  # the last run failed in a way the runner sees, so it may stop there
     for line, test in zip(lines, tests):

@@ -189,7 +189,8 @@ def run_child(argv: list[str], data: bytes, job: dict, *, compiling: bool = Fals
     """
     limits = job["limits"]
     if compiling:
-        cpu_seconds, wall_seconds, memory_bytes = int(limits["compile_seconds"]) + 1, limits["compile_seconds"], COMPILE_MEMORY_BYTES
+        cpu_seconds, wall_seconds, memory_bytes = (int(limits["compile_seconds"]) + 1, limits["compile_seconds"],
+                                                   COMPILE_MEMORY_BYTES)
     else:
         cpu_seconds, wall_seconds, memory_bytes = limits["cpu_seconds"], limits["wall_seconds"], limits["memory_bytes"]
     limit_processes = job["limit_processes"] and not compiling
@@ -245,7 +246,8 @@ def main() -> None:
     if job["language"] == "cpp":
         with open("main.cpp", "w", encoding="utf-8") as source:
             source.write(job["source"])
-        compiled = run_child([job["cxx"], "-O2", "-std=gnu++17", "-pipe", "-o", "main", "main.cpp"], b"", job, compiling=True)
+        compiled = run_child([job["cxx"], "-O2", "-std=gnu++17", "-pipe", "-o", "main", "main.cpp"], b"", job,
+                             compiling=True)
         _emit("compile", compiled)
         if compiled["status"] != "exited" or compiled["code"] != 0:
             return

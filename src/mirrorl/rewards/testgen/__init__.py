@@ -1,4 +1,4 @@
-"""Test-case generation for code problems without tests (k1.5 sec. 2.3.5; issue #4 point 3).
+"""Test-case generation for code problems without tests (k1.5 sec. 2.3.5).
 
 A CYaRon generator (from the row, a file, or written by a model) produces inputs; ground-truth
 solutions run on them in the code sandbox; a majority vote makes the expected outputs; problems

@@ -35,46 +35,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
-from mirrorl.config import SamplingConfig
+from mirrorl.config import GenTestsConfig
 from mirrorl.data.io import read_rows
-from mirrorl.rewards.sandbox import Isolation, Limits, Program, TestCase, Verdict, default_isolation, detect_isolation
+from mirrorl.rewards.sandbox import Isolation, Program, TestCase, Verdict, default_isolation, detect_isolation
 from mirrorl.rewards.sandbox.reward import FENCE_LANGUAGES
 from mirrorl.rewards.testgen.generate import output_of, run_generator, run_on_inputs
 from mirrorl.rewards.testgen.vote import select_tests
 
 logger = logging.getLogger(__name__)
-
-
-class GenTestsConfig(BaseModel):
-    """Test-case generation; the thresholds are counts of the chosen solutions and of inputs."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    num_inputs: int = Field(50, ge=1, le=10_000, description="Generator runs (seeds) per problem; the report: 50.")
-    num_solutions: int = Field(10, ge=1, le=1000, description="Solutions chosen at random to run; the report: 10.")
-    min_agree: int = Field(7, ge=1, description="A test is kept when this many solutions print its output; the report: 7.")
-    min_passing: int = Field(
-        9, ge=1, description="A problem is kept when this many solutions pass every kept test; the report: 9."
-    )
-    min_tests: int = Field(40, ge=1, description="A problem needs this many kept tests; the report's funnel: 40.")
-    seed: int = Field(0, ge=0, description="Seeds each problem's choice of solutions and its generator seeds.")
-    num_workers: int = Field(0, ge=0, le=256, description="Sandboxes run at once; 0 means one per CPU core.")
-    limits: Limits = Field(default_factory=Limits, description="Limits of every generator and solution run.")
-    sampling: SamplingConfig = Field(
-        default_factory=lambda: SamplingConfig(temperature=0.0, max_new_tokens=1024, batch_size=16),
-        description="How a model writes generators (not given by the report; greedy here).",
-    )
-
-    @model_validator(mode="after")
-    def _fits(self) -> GenTestsConfig:
-        for name, bound, of in (("min_agree", self.num_solutions, "num_solutions"),
-                                ("min_passing", self.num_solutions, "num_solutions"),
-                                ("min_tests", self.num_inputs, "num_inputs")):  # fmt: skip
-            if getattr(self, name) > bound:
-                raise ValueError(f"{name}={getattr(self, name)} exceeds {of}={bound}")
-        return self
 
 
 class Reason(str, enum.Enum):
@@ -156,7 +126,8 @@ def _problem(row: dict[str, Any], where: str, default_id: str) -> CodeProblem:
     if not isinstance(meta, dict):
         raise ValueError(f"{where}: meta must be an object")
     tolerance = row.get("float_tolerance", meta.get("float_tolerance"))
-    if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0):
+    if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))
+                                  or tolerance < 0):
         raise ValueError(f"{where}: float_tolerance must be a number >= 0, got {tolerance!r:.60}")
     return CodeProblem(str(raw_id), statement, programs, generator, tolerance, row)
 
@@ -179,7 +150,8 @@ def read_problems(path: str | Path) -> list[CodeProblem]:
 
 
 def make_tests(
-    problem: CodeProblem, generator: Generator | None, cfg: GenTestsConfig, isolation: Isolation, pool: ThreadPoolExecutor
+    problem: CodeProblem, generator: Generator | None, cfg: GenTestsConfig, isolation: Isolation,
+    pool: ThreadPoolExecutor
 ) -> ProblemReport:
     """Generate inputs, run the chosen solutions, vote: the problem's report, with the voted tests."""
     report = ProblemReport(problem.id, Reason.KEPT, generator=generator.origin if generator else None)
@@ -197,7 +169,8 @@ def make_tests(
         return drop(Reason.GENERATOR_FAILED, "the model's response holds no ```python block")
     rng = random.Random(f"{cfg.seed}:{problem.id}")
     chosen = rng.sample(runnable, cfg.num_solutions)
-    generated = run_generator(generator.source, [rng.randrange(2**31) for _ in range(cfg.num_inputs)], cfg.limits, isolation)
+    generated = run_generator(generator.source, [rng.randrange(2**31) for _ in range(cfg.num_inputs)],
+                              cfg.limits, isolation)
     report.num_inputs, report.num_generator_failures = len(generated.inputs), generated.num_failed
     report.num_duplicate_inputs = generated.num_duplicates
     if generated.sandbox_error:
@@ -258,9 +231,11 @@ def _model_generators(
     """Generators the model at `model_path` writes for `problems`."""
     from mirrorl.models import load_policy, pick_device  # torch: only when a model is asked for
     from mirrorl.rewards.testgen.writer import write_generators
+    from mirrorl.rollout.engine import Engine
 
     model, tokenizer = load_policy(model_path, pick_device(device))
-    sources = write_generators(model.eval(), tokenizer, [p.statement for p in problems], cfg.sampling, cfg.seed)
+    engine = Engine(model.eval(), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    sources = write_generators(engine, tokenizer, [p.statement for p in problems], cfg.sampling.params(), cfg.seed)
     return {problem.id: Generator(source, "model") for problem, source in zip(problems, sources)}
 
 
@@ -269,7 +244,8 @@ def _write_kept(problems: Sequence[CodeProblem], reports: Sequence[ProblemReport
     with out_path.open("w") as out:
         for problem, report in zip(problems, reports):
             if report.reason is Reason.KEPT:
-                meta = {**problem.row.get("meta", {}), "tests": [{"input": t.input, "output": t.output} for t in report.tests]}
+                meta = {**problem.row.get("meta", {}),
+                        "tests": [{"input": t.input, "output": t.output} for t in report.tests]}
                 if problem.float_tolerance is not None:
                     meta["float_tolerance"] = problem.float_tolerance
                 source = generators[problem.id].source

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mirrorl.rewards.sandbox.compare import outputs_match
-from mirrorl.rewards.sandbox.records import TestCase
+from mirrorl.types import TestCase
 
 
 def majority_output(outputs: Sequence[str | None], float_tolerance: float | None = None) -> tuple[str | None, int]:

@@ -1,8 +1,9 @@
 """CYaRon generators written by a causal LM through mirrorl's engine (k1.5 sec. 2.3.5).
 
-The report has a model write a CYaRon generator from each problem statement; its prompt is not
-given, so the instruction below is ours. The response's last ```python block is the generator;
-a response without one leaves the problem without a generator (reason generator_failed).
+The report has a model (here through any `mirrorl.types.Generator`) write a CYaRon generator
+from each problem statement; its prompt is not given, so the instruction below is ours. The
+response's last ```python block is the generator; a response without one leaves the problem
+without a generator (reason generator_failed).
 
 Does not: retry or repair a generator that fails, or sample several per problem.
 """
@@ -11,12 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from mirrorl.config import SamplingConfig
 from mirrorl.data.encode import encode_prompt
 from mirrorl.rewards.sandbox import extract_program
-from mirrorl.rollout.engine import Engine, Request
+from mirrorl.types import Generator, Request, SamplingParams
 
 INSTRUCTION = """Write a Python 3 program that generates one random test input for the programming problem below, \
 using the CYaRon library (from cyaron import *: randint, Vector, Graph, String, Sequence...).
@@ -41,14 +41,15 @@ def generator_from_response(response: str) -> str | None:
 
 
 def write_generators(
-    model: PreTrainedModel,
+    generator: Generator,
     tokenizer: PreTrainedTokenizerBase,
     statements: Sequence[str],
-    sampling: SamplingConfig,
+    params: SamplingParams,
     seed: int,
 ) -> list[str | None]:
-    """One generator per statement (None where the response holds no python block), in one engine call."""
-    prompts = [encode_prompt(tokenizer, INSTRUCTION.format(statement=text), use_chat_template=True) for text in statements]
-    engine = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    completions = engine.generate([Request(ids) for ids in prompts], sampling, seed)
-    return [generator_from_response(tokenizer.decode(c.token_ids, skip_special_tokens=True)) for c in completions]
+    """One CYaRon program per statement (None where the response holds no python block), in one generator call."""
+    prompts = [encode_prompt(tokenizer, INSTRUCTION.format(statement=text), use_chat_template=True)
+               for text in statements]
+    result = generator.generate([Request(ids) for ids in prompts], params, seed)
+    return [generator_from_response(tokenizer.decode(c.token_ids, skip_special_tokens=True))
+            for c in result.completions]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mirrorl.config import load_config, parse_override
+from mirrorl.config import dump_config, load_config, parse_override
 
 
 def test_defaults_are_the_embedded_demo():
@@ -16,7 +16,8 @@ def test_defaults_are_the_embedded_demo():
 def test_yaml_then_overrides_win(tmp_path: Path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("algo:\n  tau: 0.2\n  num_samples: 4\nrl:\n  iterations: 3\n")
-    cfg = load_config(recipe, ["algo.tau=0.05", "algo.length_penalty.weight=0.5", "sampler.ema=null"])
+    cfg = load_config(recipe, ["algo.tau=0.05", "algo.length_penalty.weight=0.5", "sampler.name=prioritized",
+                                 "sampler.ema=null"])
     assert cfg.algo.tau == 0.05 and cfg.algo.num_samples == 4 and cfg.rl.iterations == 3
     assert cfg.algo.length_penalty.weight == 0.5 and cfg.sampler.ema is None
 
@@ -43,6 +44,20 @@ def test_parse_override_reads_yaml_scalars():
         (["algo=3"], "config algo=3: 'algo' is a section, not a value; set its keys, e.g. algo.<key>=..."),
         (["checkpoint.keep_last=0"], "config checkpoint.keep_last=0: Input should be greater than or equal to 1"),
         (["sft.save_every=-1"], "config sft.save_every=-1: Input should be greater than or equal to 0"),
+        (["algo.loss=rest", "algo.tau=0.05"],
+         "config algo.tau does not apply to algo.loss=rest (it is a setting of algo.loss=mirror_descent)"),
+        (["algo.clip_eps=0.3"],
+         "config algo.clip_eps does not apply to algo.loss=mirror_descent (it is a setting of algo.loss=group_pg)"),
+        (["sampler.ema=0.5"],
+         "config sampler.ema does not apply to sampler.name=uniform (it is a setting of sampler.name=prioritized)"),
+        (["sampler.name=curriculum", "sampler.swich_iteration=3"],
+         "unknown config key 'sampler.swich_iteration' (did you mean 'sampler.switch_iteration'?)"),
+        (["sampler.name=curriculum", "sampler.switch_iteration=-1"],
+         "config sampler.switch_iteration=-1: Input should be greater than or equal to 0"),
+        (["rl.train_tokens=newest"],
+         "config rl: rl.train_tokens applies to partial rollouts only: set rl.segment_budget > 0"),
+        (["model.path=some/model", "model.num_layers=2"],
+         "config model: model.num_layers applies to the built-in tiny model: leave model.path empty"),
     ],
 )
 def test_bad_values_fail_with_key_value_and_expectation(overrides, message):
@@ -77,3 +92,21 @@ def test_bad_files(tmp_path: Path):
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="expected a mapping of sections, got list"):
         load_config(listing)
+
+
+def test_variants_carry_only_their_own_settings():
+    assert load_config(None, ["algo.tau=0.05"]).algo.loss_params() == {"tau": 0.05, "length_normalize": False}
+    group_pg = load_config(None, ["algo.loss=group_pg", "algo.clip_eps=0.3", "algo.num_samples=4"]).algo
+    assert group_pg.loss_params() == {"clip_eps": 0.3, "scale_by_std": False} and group_pg.num_samples == 4
+    assert load_config(None, ["algo.loss=rest"]).algo.loss_params() == {}
+    prioritized = load_config(None, ["sampler.name=prioritized", "sampler.ema=0.5"]).sampler
+    assert (prioritized.name, prioritized.ema) == ("prioritized", 0.5)
+    assert load_config(None, ["rl.segment_budget=8", "rl.train_tokens=newest"]).rl.train_tokens == "newest"
+
+
+def test_a_dumped_config_loads_back_unchanged(tmp_path: Path):
+    cfg = load_config(None, ["algo.loss=group_pg", "sampler.name=curriculum", "rl.segment_budget=8", "rl.is_cap=2"])
+    dumped = tmp_path / "config.yaml"
+    dumped.write_text(dump_config(cfg))
+    assert load_config(dumped) == cfg
+    assert load_config(dumped.parent / "config.yaml", ["rl.segment_budget=16"]).rl.is_cap == 2

@@ -1,4 +1,4 @@
-"""The code sandbox (issue #4): verdicts, the code reward, and attacks that must neither escape
+"""The code sandbox: verdicts, the code reward, and attacks that must neither escape
 nor harm the host.
 
 Every program runs in each isolation this machine has: bubblewrap (skipped, with the reason,
@@ -22,8 +22,18 @@ from pathlib import Path
 import pytest
 
 from mirrorl.rewards import sandbox
-from mirrorl.rewards.sandbox import Isolation, Limits, Program, TestCase, Verdict, code_reward, run_cli, run_program
-from mirrorl.rewards.sandbox import compare, reward
+from mirrorl.rewards.sandbox import (
+    Isolation,
+    Limits,
+    Program,
+    TestCase,
+    Verdict,
+    code_reward,
+    compare,
+    reward,
+    run_cli,
+    run_program,
+)
 from mirrorl.rewards.sandbox.run import RUNNER_PROCESSES, memory_budget
 from mirrorl.types import Problem
 
@@ -32,14 +42,15 @@ FAST = Limits(cpu_seconds=1, wall_seconds=1.5, memory_bytes=256 << 20, output_by
 ADD = [TestCase("1 2\n", "3\n"), TestCase("5 6", "11"), TestCase("-4 4", "0")]
 ADD_PY = "a, b = map(int, input().split())\nprint(a + b)\n"
 ADD_CPP = "#include <iostream>\nint main() { long a, b; std::cin >> a >> b; std::cout << a + b << '\\n'; }\n"
-INSTALL_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "install-bwrap.sh"
+INSTALL_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "install-bwrap.sh"
 
 
 def _bubblewrap_or_skip() -> Isolation:
     if shutil.which("bwrap") is None:  # the script installs it when it can (root and apt)
         subprocess.run(["sh", str(INSTALL_SCRIPT)], capture_output=True, timeout=600)
     if shutil.which("bwrap") is None:
-        pytest.skip("bubblewrap is not installed and scripts/install-bwrap.sh could not install it (needs root and apt)")
+        pytest.skip("bubblewrap is not installed and scripts/install-bwrap.sh could not install it "
+                    "(needs root and apt)")
     try:
         return sandbox.detect_isolation("bubblewrap")
     except RuntimeError as err:
@@ -155,7 +166,9 @@ def test_fork_bomb_is_bounded_and_cleaned_up(isolation):
     )
     assert run(isolation, counted, [TestCase("", "bounded")]).verdict is Verdict.OK
     name = marker()
-    source = SET_NAME.format(name=name) + "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    source = SET_NAME.format(name=name) + (
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    )
     result = run(isolation, source, [TestCase("", "")])
     assert result.verdict is Verdict.TIMEOUT
     assert_no_survivor(name)
@@ -187,7 +200,8 @@ def test_forked_memory_bomb_is_bounded_by_the_cgroup(isolation):
 
 
 def test_infinite_loop_dies_at_the_cpu_limit(isolation):
-    result = run(isolation, "while True:\n    pass\n", [TestCase("", "")], limits=FAST.model_copy(update={"wall_seconds": 8.0}))
+    result = run(isolation, "while True:\n    pass\n", [TestCase("", "")],
+                 limits=FAST.model_copy(update={"wall_seconds": 8.0}))
     assert result.verdict is Verdict.TIMEOUT
     assert result.tests[0].cpu_seconds >= 0.9 and result.tests[0].wall_seconds < 8  # SIGXCPU, not the wall deadline
 
@@ -209,7 +223,10 @@ def test_huge_output_is_cut(isolation, stream):
 def test_cannot_write_outside_the_work_dir(isolation, target, tmp_path):
     require(isolation, *(["filesystem"] if target == "/var/tmp" else ["filesystem", "separate_uid"]))
     path = (tmp_path if target == "host_tmp" else Path(target)) / f"mirrorl-escape-{secrets.token_hex(4)}"
-    source = f"try:\n    open({str(path)!r}, 'w').write('x')\n    print('wrote')\nexcept OSError:\n    print('denied')\n"
+    source = (
+        f"try:\n    open({str(path)!r}, 'w').write('x')\n    print('wrote')\n"
+        "except OSError:\n    print('denied')\n"
+    )
     try:
         assert run(isolation, source, [TestCase("", "denied")]).verdict is Verdict.OK
         assert not path.exists()
@@ -219,7 +236,10 @@ def test_cannot_write_outside_the_work_dir(isolation, target, tmp_path):
 
 def test_cannot_fill_the_host_disk_or_memory_with_files(isolation):
     require(isolation, "filesystem")  # the tmpfs work dir has a size (16 MiB here)
-    source = "try:\n    for i in range(1000):\n        open(f'f{i}', 'wb').write(bytes(1 << 19))\nexcept OSError:\n    print('full')\n"
+    source = (
+        "try:\n    for i in range(1000):\n        open(f'f{i}', 'wb').write(bytes(1 << 19))\n"
+        "except OSError:\n    print('full')\n"
+    )
     assert run(isolation, source, [TestCase("", "full")]).verdict is Verdict.OK
 
 
@@ -249,8 +269,8 @@ def test_cannot_connect_to_a_host_listener(isolation):
         listener.listen()
         port = listener.getsockname()[1]
         source = (
-            f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n    print('connected')\n"
-            "except OSError:\n    print('blocked')\n"
+            f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+            "    print('connected')\nexcept OSError:\n    print('blocked')\n"
         )
         assert run(isolation, source, [TestCase("", "blocked")]).verdict is Verdict.OK
         listener.settimeout(0.2)
@@ -260,7 +280,10 @@ def test_cannot_connect_to_a_host_listener(isolation):
 
 def test_cannot_kill_its_parent(isolation):
     require(isolation, "pid_namespace", "separate_uid")
-    source = "import os, signal\ntry:\n    os.kill(os.getppid(), signal.SIGKILL)\nexcept OSError:\n    pass\nprint('done')\n"
+    source = (
+        "import os, signal\ntry:\n    os.kill(os.getppid(), signal.SIGKILL)\n"
+        "except OSError:\n    pass\nprint('done')\n"
+    )
     result = run(isolation, source, [TestCase("", "done"), TestCase("", "done")])
     assert result.verdict is Verdict.OK and len(result.tests) == 2  # the runner lived on to run test 2
 
@@ -287,7 +310,8 @@ def test_double_forked_daemon_does_not_survive(isolation):
         + "\n            os.write(write_end, b'up')\n            time.sleep(30)\n        os._exit(0)\n"
         "    os.read(read_end, 2)\n    print('parent done')\nelse:\n    alive = []\n"
         "    for pid in filter(str.isdigit, os.listdir('/proc')):\n        try:\n"
-        f"            if open(f'/proc/{{pid}}/comm').read().strip() == '{name}' and ') Z' not in open(f'/proc/{{pid}}/stat').read():\n"
+        f"            if open(f'/proc/{{pid}}/comm').read().strip() == '{name}'"
+        f" and ') Z' not in open(f'/proc/{{pid}}/stat').read():\n"
         "                alive.append(pid)\n        except OSError:\n            pass\n"
         "    print('alive' if alive else 'clean')\n"
     )

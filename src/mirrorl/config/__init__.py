@@ -10,21 +10,37 @@ marked "not given by the report" and tuned on that task.
 from __future__ import annotations
 
 import difflib
+import functools
+import operator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, model_validator
 
-from mirrorl.rewards.math_reward import MathRewardConfig
-from mirrorl.rewards.reward_models.common import CoTRMConfig, RMTrainConfig, ValueHeadRMConfig
+from mirrorl.config.base import Section
+from mirrorl.config.rewards import (
+    CoTRMConfig,
+    GenTestsConfig,
+    Limits,
+    MatchSettings,
+    MathRewardConfig,
+    RMTrainConfig,
+    ValueHeadRMConfig,
+)
+from mirrorl.config.sampling import RepeatConfig, SamplingConfig
+
+__all__ = [
+    "AlgoConfig", "CheckpointConfig", "CoTRMConfig", "Config", "CurriculumSamplerConfig", "DataConfig", "EvalConfig",
+    "GenTestsConfig", "GroupPGConfig", "LengthPenaltyConfig", "Limits", "MatchSettings", "MathRewardConfig",
+    "MirrorDescentConfig", "ModelConfig", "PrioritizedSamplerConfig", "RLConfig", "RMTrainConfig", "RepeatConfig",
+    "RestConfig", "RewardsConfig", "RunConfig", "SFTConfig", "SamplerConfig", "SamplingConfig", "Section",
+    "UniformSamplerConfig", "ValueHeadRMConfig", "dump_config", "load_config", "parse_override",
+]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class RunConfig(_Section):
+class RunConfig(Section):
     """Where a run writes and how it is seeded."""
 
     output_dir: Path = Field(Path("runs/demo"), description="Run directory: checkpoints, metrics, plots, summary.")
@@ -38,7 +54,7 @@ class RunConfig(_Section):
     wandb: bool = Field(False, description="Also log to Weights & Biases (needs `pip install wandb`).")
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """The policy: a Hugging Face causal LM, or the built-in tiny model when `path` is empty."""
 
     path: str | None = Field(None, description="Local HF model directory or hub name; None builds the tiny model.")
@@ -52,10 +68,20 @@ class ModelConfig(_Section):
     def _heads_divide(self) -> ModelConfig:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"model.num_heads={self.num_heads} must divide model.hidden_size={self.hidden_size}")
+        if self.path is not None:
+            _only_with(self, "model", ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions"),
+                       "the built-in tiny model: leave model.path empty")
         return self
 
 
-class DataConfig(_Section):
+def _only_with(section: Section, name: str, fields: tuple[str, ...], what: str) -> None:
+    """Refuse a field set away from its default where it has no effect (a dumped config, all defaults, passes)."""
+    for field in fields:
+        if getattr(section, field) != type(section).model_fields[field].default:
+            raise ValueError(f"{name}.{field} applies to {what}")
+
+
+class DataConfig(Section):
     """Problems for training and evaluation: the built-in task or files (JSONL, Parquet, `datasets`)."""
 
     train_path: str | None = Field(None, description="Training problems file/dir; None uses the built-in task.")
@@ -76,7 +102,7 @@ class DataConfig(_Section):
     check_prob: float = Field(0.5, ge=0, le=1, description="Built-in traces: chance of a final check step.")
 
 
-class SFTConfig(_Section):
+class SFTConfig(Section):
     """Long-CoT supervised warm-up (k1.5 sec. 2.2); the loss covers response tokens only."""
 
     steps: int = Field(500, ge=1, description="Optimizer steps.")
@@ -103,62 +129,94 @@ class SFTConfig(_Section):
     )
 
 
-class RepeatConfig(_Section):
-    """Repeat detection (k1.5 sec. 4): a response whose tail loops ends with finish reason 'repeat'."""
-
-    enabled: bool = Field(True, description="Stop looping responses early.")
-    max_period: int = Field(64, ge=1, description="Longest repeating unit looked for, in tokens.")
-    min_repeats: int = Field(4, ge=2, description="Copies of the unit needed to fire.")
-    min_span: int = Field(48, ge=2, description="Tokens the repeated tail must cover to fire.")
-    penalty: float = Field(0.0, ge=0, description="Subtracted from the reward of a response stopped for repeating.")
-
-
-class SamplingConfig(_Section):
-    """How responses are drawn from the policy."""
-
-    temperature: float = Field(1.0, ge=0, description="Sampling temperature; 0 is greedy.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
-    top_k: int = Field(0, ge=0, description="Top-k filter; 0 disables it.")
-    max_new_tokens: int = Field(160, ge=1, description="Maximum response length in tokens.")
-    batch_size: int = Field(128, ge=1, description="Sequences decoded together (engine slots).")
-    stop_token_ids: list[int] = Field(default_factory=list, description="Token ids that end a response besides EOS.")
-    repeat: RepeatConfig = Field(default_factory=RepeatConfig, description="Early stop of looping output.")
-
-
-class LengthPenaltyConfig(_Section):
+class LengthPenaltyConfig(Section):
     """k1.5 length reward (sec. 2.3.3): weight and warm-up are not given by the report."""
 
     weight: float = Field(0.0, ge=0, description="Weight of the length reward added to correctness; 0 disables.")
     warmup_iterations: int = Field(0, ge=0, description="Iterations trained without it before it switches on.")
 
 
-class AlgoConfig(_Section):
-    """The policy-optimization objective (k1.5 sec. 2.3.2) and its ablation baselines."""
+@dataclass(frozen=True)
+class _Union:
+    """Marks a union of sections told apart by their field `key`; `variants` maps its values to them."""
 
-    loss: Literal["mirror_descent", "rest", "group_pg"] = Field(
-        "mirror_descent", description="k1.5 mirror descent; ReST-style positive-only; GRPO/RLOO-like."
-    )
-    tau: float = Field(0.1, gt=0, description="KL weight tau of mirror descent (not given by the report).")
-    length_normalize: bool = Field(False, description="Divide each squared residual by its token count.")
-    clip_eps: float = Field(0.2, gt=0, lt=1, description="group_pg: PPO ratio clip.")
-    scale_by_std: bool = Field(False, description="group_pg: divide advantages by the group's std (GRPO).")
+    key: str
+    variants: dict[str, type[Section]]
+
+
+def _variants(key: str, default: str, *sections: type[Section]) -> Any:
+    """A union of sections told apart by their `key` field, which defaults to `default`.
+
+    Each variant holds only its own fields, so a field of another variant fails at load.
+    """
+    def tag(value: Any) -> str:
+        return value.get(key, default) if isinstance(value, dict) else getattr(value, key, default)
+
+    variants = {section.model_fields[key].default: section for section in sections}
+    choices = [Annotated[section, Tag(name)] for name, section in variants.items()]
+    return Annotated[functools.reduce(operator.or_, choices), Discriminator(tag), _Union(key, variants)]
+
+
+class _AlgoCommon(Section):
     num_samples: int = Field(8, ge=2, description="k, responses per problem (not given by the report).")
     length_penalty: LengthPenaltyConfig = Field(default_factory=LengthPenaltyConfig)
 
-
-class SamplerConfig(_Section):
-    """Which problems each iteration trains on (k1.5 sec. 2.3.4)."""
-
-    name: Literal["uniform", "curriculum", "prioritized"] = Field("uniform", description="Problem sampler.")
-    switch_iteration: int = Field(10, ge=0, description="curriculum: iteration from which only hard problems.")
-    hard_min_difficulty: float = Field(3.0, description="curriculum: difficulty at which a problem is hard.")
-    first_phase: Literal["easy", "all"] = Field("easy", description="curriculum: pool before the switch.")
-    initial_success: float = Field(0.0, ge=0, le=1, description="prioritized: s_i before a problem is seen.")
-    ema: float | None = Field(None, gt=0, le=1, description="prioritized: EMA factor; None is a running mean.")
-    min_weight: float = Field(0.0, ge=0, le=1, description="prioritized: floor of 1 - s_i.")
+    def loss_params(self) -> dict[str, Any]:
+        """The chosen loss's own settings, as keyword arguments of its function in `mirrorl.algo.losses`."""
+        return self.model_dump(exclude={"loss", *_AlgoCommon.model_fields})
 
 
-class RLConfig(_Section):
+class MirrorDescentConfig(_AlgoCommon):
+    """k1.5 online policy mirror descent (sec. 2.3.2)."""
+
+    loss: Literal["mirror_descent"] = Field("mirror_descent", description="The policy-optimization objective.")
+    tau: float = Field(0.1, gt=0, description="KL weight tau of mirror descent (not given by the report).")
+    length_normalize: bool = Field(False, description="Divide each squared residual by its token count.")
+
+
+class RestConfig(_AlgoCommon):
+    """ReST-style positive-only fine-tuning, the report's baseline."""
+
+    loss: Literal["rest"] = Field("rest", description="The policy-optimization objective.")
+
+
+class GroupPGConfig(_AlgoCommon):
+    """A group-baseline policy gradient with a PPO-clipped ratio (GRPO/RLOO-like)."""
+
+    loss: Literal["group_pg"] = Field("group_pg", description="The policy-optimization objective.")
+    clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip.")
+    scale_by_std: bool = Field(False, description="Divide advantages by the group's std (GRPO).")
+
+
+class UniformSamplerConfig(Section):
+    """Every training problem equally likely (k1.5 sec. 2.3.4's baseline)."""
+
+    name: Literal["uniform"] = Field("uniform", description="Problem sampler.")
+
+
+class CurriculumSamplerConfig(Section):
+    """Curriculum sampling (k1.5 sec. 2.3.4): easy (or all) problems first, then only hard ones."""
+
+    name: Literal["curriculum"] = Field("curriculum", description="Problem sampler.")
+    switch_iteration: int = Field(10, ge=0, description="Iteration from which only hard problems.")
+    hard_min_difficulty: float = Field(3.0, description="Difficulty at which a problem is hard.")
+    first_phase: Literal["easy", "all"] = Field("easy", description="Pool before the switch.")
+
+
+class PrioritizedSamplerConfig(Section):
+    """Prioritized sampling (k1.5 sec. 2.3.4): problem i drawn with probability proportional to 1 - s_i."""
+
+    name: Literal["prioritized"] = Field("prioritized", description="Problem sampler.")
+    initial_success: float = Field(0.0, ge=0, le=1, description="s_i before a problem is seen.")
+    ema: float | None = Field(None, gt=0, le=1, description="EMA factor; None is a running mean.")
+    min_weight: float = Field(0.0, ge=0, le=1, description="Floor of 1 - s_i.")
+
+
+AlgoConfig = _variants("loss", "mirror_descent", MirrorDescentConfig, RestConfig, GroupPGConfig)
+SamplerConfig = _variants("name", "uniform", UniformSamplerConfig, CurriculumSamplerConfig, PrioritizedSamplerConfig)
+
+
+class RLConfig(Section):
     """The RL iteration loop: sample problems, roll out, reward, optimize, log, checkpoint."""
 
     init_from: str | None = Field(None, description="Policy to start from; None uses the SFT output of the run.")
@@ -201,8 +259,15 @@ class RLConfig(_Section):
         "by the current policy.",
     )
 
+    @model_validator(mode="after")
+    def _partial_settings_need_a_budget(self) -> RLConfig:
+        if self.segment_budget == 0:
+            _only_with(self, "rl", ("off_policy_correction", "is_cap", "train_tokens"),
+                       "partial rollouts only: set rl.segment_budget > 0")
+        return self
 
-class EvalConfig(_Section):
+
+class EvalConfig(Section):
     """Held-out evaluation: pass@1 averaged over samples, greedy accuracy, mean response length."""
 
     num_samples: int = Field(4, ge=1, description="Samples per problem for averaged pass@1.")
@@ -211,7 +276,7 @@ class EvalConfig(_Section):
     checkpoint: str | None = Field(None, description="`mirrorl eval`: model directory to evaluate.")
 
 
-class RewardsConfig(_Section):
+class RewardsConfig(Section):
     """Reward services (k1.5 sec. 2.3.5)."""
 
     math: MathRewardConfig = Field(default_factory=MathRewardConfig, description="Rule-based math answer verifier.")
@@ -219,7 +284,7 @@ class RewardsConfig(_Section):
     value_rm: ValueHeadRMConfig = Field(default_factory=ValueHeadRMConfig, description="Reward 'value_rm'.")
 
 
-class CheckpointConfig(_Section):
+class CheckpointConfig(Section):
     """Which checkpoints a run keeps (in run.output_dir/checkpoints/<phase>; when to save: `sft.save_every`,
     `rl.save_every`). `mirrorl sft|rl|demo --resume` continues from the newest valid one."""
 
@@ -227,7 +292,7 @@ class CheckpointConfig(_Section):
     keep_every: int = Field(0, ge=0, description="Also keep every checkpoint whose step is a multiple of N; 0: none.")
 
 
-class Config(_Section):
+class Config(Section):
     """The whole tree; YAML recipes set any subset of it."""
 
     run: RunConfig = Field(default_factory=RunConfig)
@@ -235,8 +300,8 @@ class Config(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     rollout: SamplingConfig = Field(default_factory=SamplingConfig)
-    algo: AlgoConfig = Field(default_factory=AlgoConfig)
-    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    algo: AlgoConfig = Field(default_factory=MirrorDescentConfig, description="Objective: set algo.loss first.")
+    sampler: SamplerConfig = Field(default_factory=UniformSamplerConfig, description="Set sampler.name first.")
     rl: RLConfig = Field(default_factory=RLConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     rewards: RewardsConfig = Field(default_factory=RewardsConfig)
@@ -267,23 +332,47 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _field_names(section: type[BaseModel], path: tuple) -> list[str]:
-    """The keys a config section accepts at `path` (a ValidationError location), for a 'did you mean'."""
-    for part in path:
-        annotation = section.model_fields[part].annotation if part in section.model_fields else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        section = annotation
-    return list(section.model_fields)
+def _field(section: type[BaseModel] | None, name: str) -> tuple[type[BaseModel] | None, _Union | None]:
+    """The section a field of `section` holds (None for a value), and its union marker if it is one."""
+    info = section.model_fields.get(name) if section is not None else None
+    if info is None:
+        return None, None
+    union = next((m for m in info.metadata if isinstance(m, _Union)), None)
+    annotation = info.annotation
+    return (annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None), union
 
 
 def _describe(err: ValidationError) -> str:
+    """One line for the first error, with the key as the user writes it (pydantic adds union tags)."""
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
+    loc = [str(p) for p in first["loc"]]
+    parts: list[str] = []
+    parent: type[BaseModel] | None = None  # the section whose field the last part names
+    section: type[BaseModel] | None = Config
+    variant: tuple[str, str, _Union] | None = None  # (dotted union key, its value in force, the union)
+    while loc:
+        parts.append(loc.pop(0))
+        parent = section
+        section, union = _field(parent, parts[-1])
+        if union is not None and loc and loc[0] in union.variants:
+            tag = loc.pop(0)
+            variant, section = (".".join([*parts, union.key]), tag, union), union.variants[tag]
+    key, name = ".".join(parts), parts[-1]
     if first["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(str(first["loc"][-1]), _field_names(Config, first["loc"][:-1]), n=1)
-        hint = f" (did you mean {'.'.join([*map(str, first['loc'][:-1]), close[0]])!r}?)" if close else ""
+        if variant is not None:
+            union_key, tag, union = variant
+            owners = [other for other, s in union.variants.items() if name in s.model_fields]
+            if owners:
+                return f"config {key} does not apply to {union_key}={tag} (it is a setting of {union_key}={owners[0]})"
+        close = difflib.get_close_matches(name, list(parent.model_fields) if parent is not None else [], n=1)
+        hint = f" (did you mean {'.'.join([*parts[:-1], close[0]])!r}?)" if close else ""
         return f"unknown config key {key!r}{hint}"
+    if first["type"] == "union_tag_invalid":  # `algo.loss=ppo`
+        union = _field(parent, name)[1]
+        assert union is not None
+        names = [repr(n) for n in union.variants]
+        expected = f"{', '.join(names[:-1])} or {names[-1]}"
+        return f"config {key}.{union.key}={first['ctx']['tag']!r}: Input should be {expected}"
     if first["type"] == "model_type":  # a value where a section belongs: `algo=3`
         return (f"config {key}={first.get('input')!r}: {key!r} is a section, not a value; "
                 f"set its keys, e.g. {key}.<key>=...")
