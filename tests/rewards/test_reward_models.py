@@ -176,7 +176,8 @@ def test_garbage_from_a_real_model_is_none_and_the_loop_drops_it():
     assert [v.reward for v in verdicts] == [None] * 6
     assert judge.counts["no_json"] + judge.counts["missing_key"] == 6
     samples = [Sample(0, [], [], "stop", text=response) for response, _ in items]
-    assert score(samples, [problem("7")], GuardedReward(judge)) == ([], [])  # dropped, not scored 0
+    scored = score(samples, [problem("7")], GuardedReward(judge))
+    assert (scored.samples, scored.errors) == ([], [])  # dropped, not scored 0
 
 
 def test_cut_off_judgements_are_errors(judge_dir):

@@ -15,9 +15,10 @@ def test_score_drops_samples_the_scorer_could_not_judge():
     problems = [Problem(id="p", prompt="q", answer="4")]
     samples = [_sample(0, "answer:4", 3), _sample(0, "answer:5", 3), _sample(0, "crash", 3)]
     reward = per_sample(lambda text, problem: None if text == "crash" else float(text.endswith(problem.answer)))
-    kept, errors = score(samples, problems, GuardedReward(reward))
-    assert [(s.text, s.reward, s.correct) for s in kept] == [("answer:4", 1.0, True), ("answer:5", 0.0, False)]
-    assert errors == []  # None is "could not score", not an error raised
+    scored = score(samples, problems, GuardedReward(reward))
+    assert [(s.text, s.reward, s.correct) for s in scored.samples] == [("answer:4", 1.0, True),
+                                                                         ("answer:5", 0.0, False)]
+    assert scored.errors == []  # None is "could not score", not an error raised
 
 
 def test_repeat_penalty_lowers_the_reward_of_looping_responses_only():
@@ -25,7 +26,7 @@ def test_repeat_penalty_lowers_the_reward_of_looping_responses_only():
     samples = [_sample(0, "answer:4", 3, reason="repeat"), _sample(0, "answer:4", 3),
                _sample(0, "x", 3, reason="repeat")]
     reward = GuardedReward(per_sample(lambda text, problem: float(text == "answer:4")))
-    kept, _ = score(samples, problems, reward, repeat_penalty=0.25)
+    kept = score(samples, problems, reward, repeat_penalty=0.25).samples
     assert [(s.reward, s.correct) for s in kept] == [(0.75, True), (1.0, True), (-0.25, False)]
 
 

@@ -99,10 +99,15 @@ def to_samples(groups: Sequence[Sequence[Trajectory]], tokenizer: PreTrainedToke
     ]
 
 
+@dataclass
+class Scored:
+    samples: list[Sample]  # the ones the reward could score, their rewards filled in
+    errors: list[str]  # what the reward raised, a line each
+
+
 def score(samples: list[Sample], problems: Sequence[Problem], reward: GuardedReward,
-          repeat_penalty: float = 0.0) -> tuple[list[Sample], list[str]]:
-    """Fill correctness rewards (minus the repeat penalty); returns the samples that could be scored
-    and the errors the reward raised."""
+          repeat_penalty: float = 0.0) -> Scored:
+    """Fill correctness rewards (minus the repeat penalty) of the samples the reward could score."""
     scores = reward([s.text for s in samples], [problems[s.problem_index] for s in samples])
     kept = []
     for sample, value in zip(samples, scores.values):
@@ -111,7 +116,7 @@ def score(samples: list[Sample], problems: Sequence[Problem], reward: GuardedRew
         sample.correct = value >= 1.0
         sample.reward = float(value) - (repeat_penalty if sample.finish_reason == "repeat" else 0.0)
         kept.append(sample)
-    return kept, scores.errors
+    return Scored(kept, scores.errors)
 
 
 def add_length_rewards(samples: list[Sample], cfg: AlgoConfig, iteration: int) -> float:
@@ -219,7 +224,8 @@ def train_rl(trainer: Trainer, generator: Generator, reward: GuardedReward, toke
             metrics = rollout_metrics(step, rollouts, iteration)
             metrics.update(rollout_tokens_per_second=step.new_tokens / (t1 - t0), time_rollout=t1 - t0)
             drawn = to_samples(step.groups, tokenizer)
-            samples, errors = score(drawn, problems, reward, cfg.rollout.repeat.penalty)  # 3. reward
+            scored = score(drawn, problems, reward, cfg.rollout.repeat.penalty)  # 3. reward
+            samples, errors = scored.samples, scored.errors
             metrics["reward_errors"] = len(errors)
             if errors:
                 console.print(f"rl iteration {iteration}: the reward function raised on {len(errors)} of "
@@ -239,8 +245,8 @@ def train_rl(trainer: Trainer, generator: Generator, reward: GuardedReward, toke
                 lr = cfg.rl.lr * linear_warmup(iteration, cfg.rl.lr_warmup_iterations)
                 step_metrics = trainer.train_step(batch, lr)
                 t3 = time.perf_counter()
-                scored = group_success(samples)  # 5. log
-                sampler.update([index for index, _ in scored.values()], [rate for _, rate in scored.values()])
+                success = group_success(samples)  # 5. log
+                sampler.update([index for index, _ in success.values()], [rate for _, rate in success.values()])
                 metrics.update(iteration_metrics(samples, len(drawn), len(step.groups)), **step_metrics.as_dict(),
                                length_penalty_weight=weight, time_reward=t2 - t1, time_optimize=t3 - t2)
                 accuracy = metrics["accuracy"]
