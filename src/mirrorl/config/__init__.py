@@ -1,10 +1,17 @@
 """One typed configuration tree for every mirrorl command, loaded from YAML with dotted overrides.
 
-Every field is documented once, here, and validated when the tree is built: an unknown key or a
-value of the wrong type or range fails at start with the key, the value and what was expected.
-Defaults are the embedded CPU demo (built-in `chain_sum` task, tiny model trained from scratch);
-the choices the k1.5 report leaves open (tau, k, learning rate, steps per iteration, ...) are
-marked "not given by the report" and tuned on that task.
+Every field is documented once, in this package, and validated when the tree is built: an unknown
+key or a value of the wrong type or range fails at start with the key, the value and what was
+expected. A setting that belongs to one variant (`algo.loss`, `sampler.name`) lives in that
+variant's section, so it fails where another variant is chosen. Defaults are the embedded CPU demo
+(built-in `chain_sum` task, tiny model trained from scratch); the choices the k1.5 report leaves
+open (tau, k, learning rate, steps per iteration, ...) are marked "not given by the report" and
+tuned on that task.
+
+Modules: this one holds the tree and its loading; `sampling` the `rollout` section (and
+`SamplingConfig.params()`, the runtime `SamplingParams`); `rewards` the reward services' sections,
+the sandbox limits and `mirrorl gen-tests`; `base` the common base. The package imports nothing
+from mirrorl's runtime packages, only the plain records of `mirrorl.types`.
 """
 
 from __future__ import annotations

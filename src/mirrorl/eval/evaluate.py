@@ -82,15 +82,16 @@ def evaluate(generator: Generator, tokenizer: PreTrainedTokenizerBase, problems:
         return reward(texts, for_problems)
 
     sampled = scores(outs, targets)
+    if sampled.num_unscored == len(sampled.values):
+        errors = sampled.errors
+        cause = f"it raised {len(errors)} times, first: {errors[0]}" if errors else "it returned None for all"
+        raise ValueError(f"evaluation: the reward could score none of {len(sampled.values)} responses ({cause})")
     greedy_scores = None
     if greedy:
         greedy_outs = generator.generate([Request(p) for p in prompts], replace(params, temperature=0.0), seed)
         greedy_scores = scores(greedy_outs.completions, problems)
-    errors = sampled.errors + (greedy_scores.errors if greedy_scores else [])
-    if sampled.num_unscored == len(sampled.values):
-        cause = f"it raised {len(errors)} times, first: {errors[0]}" if errors else "it returned None for all"
-        raise ValueError(f"evaluation: the reward could score none of {len(sampled.values)} responses ({cause})")
     result = tally(sampled.values, targets, num_samples, sum(len(o.token_ids) for o in outs) / len(outs),
                    greedy_scores.values if greedy_scores else None)
+    errors = sampled.errors + (greedy_scores.errors if greedy_scores else [])
     result.first_reward_error = errors[0] if errors else None
     return result

@@ -135,21 +135,14 @@ def load_value_head(path: str, device: torch.device,
 class ValueHeadReward(BatchFirst):
     """A trained value-head RM as a batch reward: `rm(responses, problems)`.
 
-    The model is loaded from `config.path` on first use (or given to `from_model`). It has no
-    failure mode of its own, so it never returns None; a broken model raises.
+    The model is loaded from `config.path` on first use. It has no failure mode of its own, so it
+    never returns None; a broken model raises.
     """
 
     def __init__(self, config: ValueHeadRMConfig) -> None:
         self.config = config
         self._model: PreTrainedModel | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
-
-    @classmethod
-    def from_model(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                   config: ValueHeadRMConfig) -> ValueHeadReward:
-        reward = cls(config)
-        reward._model, reward._tokenizer = model, tokenizer
-        return reward
 
     def _ready(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         if self._model is None:
