@@ -1,6 +1,6 @@
-"""CYaRon generators written by a causal LM through mirrorl's engine (k1.5 sec. 2.3.5).
+"""CYaRon generators written by a causal LM (k1.5 sec. 2.3.5).
 
-The report has a model (here through any `mirrorl.types.Generator`) write a CYaRon generator
+The report has a model (here any `mirrorl.types.Generator`, the `writer`) write a CYaRon generator
 from each problem statement; its prompt is not given, so the instruction below is ours. The
 response's last ```python block is the generator; a response without one leaves the problem
 without a generator (reason generator_failed).
@@ -41,7 +41,7 @@ def generator_from_response(response: str) -> str | None:
 
 
 def write_generators(
-    generator: Generator,
+    writer: Generator,
     tokenizer: PreTrainedTokenizerBase,
     statements: Sequence[str],
     params: SamplingParams,
@@ -50,6 +50,6 @@ def write_generators(
     """One CYaRon program per statement (None where the response holds no python block), in one generator call."""
     prompts = [encode_prompt(tokenizer, INSTRUCTION.format(statement=text), use_chat_template=True)
                for text in statements]
-    result = generator.generate([Request(ids) for ids in prompts], params, seed)
+    result = writer.generate([Request(ids) for ids in prompts], params, seed)
     return [generator_from_response(tokenizer.decode(c.token_ids, skip_special_tokens=True))
             for c in result.completions]
