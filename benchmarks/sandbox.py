@@ -2,14 +2,15 @@
 
 Runs N samples of a trivial Python program (read two numbers, print their sum) with 3 tests
 each, from a small thread pool: once through the sandbox (one sandbox start per sample, all its
-tests inside: what code_reward does), once through the fallback isolation (rlimits and cgroups,
-no bubblewrap), and once as plain unsandboxed `python3` subprocesses, one per test. Every
-sandboxed run must be verdict ok, else the benchmark fails.
+tests inside: what code_reward does) under backend "bubblewrap", once under backend "none"
+(chosen explicitly: the unprotected plain child, rlimits and cgroups only), and once as plain
+unsandboxed `python3` subprocesses, one per test. Every sandboxed run must be verdict ok, else
+the benchmark fails. Without a working bubblewrap it stops with the sandbox's one-line refusal.
 
 Usage: python benchmarks/sandbox.py [--samples 50] [--workers 2]
 Prints one JSON object as its last line: runs_per_second (sandboxed samples per second),
 mean_start_seconds (launch to the runner's first report line), mean_run_seconds,
-fallback_runs_per_second, plain_runs_per_second, and throughput_ratio = sandboxed / plain.
+none_runs_per_second, plain_runs_per_second, and throughput_ratio = sandboxed / plain.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from pathlib import Path
 from mirrorl.rewards.sandbox import (
     Isolation,
     Program,
+    SandboxUnavailable,
     TestCase,
     Verdict,
-    default_isolation,
-    detect_isolation,
+    isolation_for,
     run_program,
 )
 
@@ -74,11 +75,14 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50, help="samples per mode")
     parser.add_argument("--workers", type=int, default=2, help="threads running samples at once")
     args = parser.parse_args()
-    isolation = default_isolation()
-    fallback = detect_isolation("none")
+    try:
+        isolation = isolation_for("bubblewrap")
+    except SandboxUnavailable as err:
+        raise SystemExit(str(err)) from None
+    unprotected = isolation_for("none")
     sandboxed(isolation, args.workers, args.workers)  # warm the page cache
     runs_per_second, results = sandboxed(isolation, args.samples, args.workers)
-    fallback_runs_per_second, _ = sandboxed(fallback, args.samples, args.workers)
+    none_runs_per_second, _ = sandboxed(unprotected, args.samples, args.workers)
     plain_runs_per_second = plain(isolation.python, args.samples, args.workers)
     print(json.dumps({
         "backend": isolation.protections.backend,
@@ -87,7 +91,7 @@ def main() -> None:
         "runs_per_second": round(runs_per_second, 2),
         "mean_start_seconds": round(statistics.mean(r.start_seconds for r in results), 4),
         "mean_run_seconds": round(statistics.mean(r.total_seconds for r in results), 4),
-        "fallback_runs_per_second": round(fallback_runs_per_second, 2),
+        "none_runs_per_second": round(none_runs_per_second, 2),
         "plain_runs_per_second": round(plain_runs_per_second, 2),
         "throughput_ratio": round(runs_per_second / plain_runs_per_second, 3),
     }))  # fmt: skip

@@ -55,8 +55,9 @@ def _fail(message: str, code: int) -> typer.Exit:
 def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Every way a command can fail, as one line on stderr and a non-zero exit code.
 
-    2: bad user input (ValueError); 1: a checkpoint that could not be saved, an I/O failure, or a
-    run stopped because its reward scored nothing; 128 + N: stopped by signal N after a checkpoint.
+    2: bad user input (ValueError); 1: a checkpoint that could not be saved, an I/O failure, a run
+    stopped because its reward scored nothing, or a distributed run whose learner rank died or hung;
+    128 + N: stopped by signal N after a checkpoint.
     """
 
     @functools.wraps(command)
@@ -76,6 +77,11 @@ def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 raise _fail(f"{err}; continue with: {resume}", err.exit_code) from None
             if isinstance(err, (CheckpointError, OSError)):
                 raise _fail(str(err), 1) from None
+            from mirrorl.distributed import BackendError
+
+            if isinstance(err, BackendError):
+                resume = _resume_command(command.__name__, kwargs)
+                raise _fail(f"{err}; checkpoints written so far are intact, continue with: {resume}", 1) from None
             raise
 
     return wrapper

@@ -79,15 +79,27 @@ def load_policy(
     local = Path(path)
     if local.exists() and not (local / "config.json").is_file():
         raise ValueError(f"model path {path!r} has no config.json: expected a Hugging Face model directory")
+    tokenizer = load_tokenizer(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError, KeyError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"cannot load model {path!r}: {first_line}") from err
+        raise ValueError(f"cannot load model {path!r}: {_first_line(err)}") from err
+    return model.to(device), tokenizer
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """A policy's tokenizer (padding with EOS where it has no pad token); ValueError names the path."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"cannot load model {path!r}: {_first_line(err)}") from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device), tokenizer
+    return tokenizer
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:

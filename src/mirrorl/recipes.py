@@ -28,7 +28,7 @@ from mirrorl.config import Config, dump_config
 from mirrorl.data.encode import encode_prompt, encode_response
 from mirrorl.data.io import load_split
 from mirrorl.eval.evaluate import EvalResult, evaluate
-from mirrorl.models import build_tiny, load_policy, pick_device, pick_dtype, save_policy
+from mirrorl.models import build_tiny, load_policy, load_tokenizer, pick_device, pick_dtype, save_policy
 from mirrorl.rewards.batch import GuardedReward
 from mirrorl.rewards.registry import get_reward
 from mirrorl.rollout.engine import Engine
@@ -43,7 +43,7 @@ from mirrorl.train.resume import (
     clear_phase,
     open_phase,
 )
-from mirrorl.train.rl import train_rl
+from mirrorl.train.rl import RLResult, train_rl
 from mirrorl.train.sft import SFTExample, train_sft
 from mirrorl.train.trainer import LocalTrainer
 
@@ -158,19 +158,39 @@ def run_rl(cfg: Config, start: Start = "new") -> Path:
     if policy is None:
         raise ValueError("rl needs a starting policy: set rl.init_from or model.path, or run `mirrorl sft` first")
     problems = load_split(cfg.data, "rl", cfg.run.seed)
-    model, tokenizer = open_policy(cfg, policy)
-    trainer = LocalTrainer(model, tokenizer, cfg.algo.loss, cfg.algo.loss_params(), cfg.rl.lr, cfg.rl.grad_clip,
-                           cfg.rl.logprob_chunk_size, cfg.rl.off_policy_correction, cfg.rl.is_cap)
-    generator = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)  # colocated: the trainer's weights
+    final = out / "rl" / "final"
+    if cfg.run.backend == "ray":
+        result = _run_rl_on_ray(cfg, start, resume, str(policy), reward, problems)
+    else:
+        model, tokenizer = open_policy(cfg, policy)
+        trainer = LocalTrainer.from_config(model, tokenizer, cfg)
+        generator = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)  # colocated: the trainer's weights
+        checkpointing, logger = _begin(cfg, "rl", start, resume, cfg.rl.save_every, tokenizer)
+        try:
+            result = train_rl(trainer, generator, reward, tokenizer, problems, cfg, logger, checkpointing)
+        finally:
+            logger.close()
+        trainer.export(final)
+    console.print(f"rl: {result.iterations} iterations, last training accuracy {result.final_accuracy:.3f} -> {final}")
+    return final
+
+
+def _run_rl_on_ray(cfg: Config, start: Start, resume: Checkpoint | None, policy: str, reward: GuardedReward,
+                   problems: list) -> RLResult:
+    """The same loop with rollout workers and a learner group as Ray actors (`mirrorl.distributed`)."""
+    try:
+        from mirrorl.distributed.cluster import ray_cluster
+    except ImportError as err:
+        raise ValueError(f"run.backend=ray needs Ray ({err.name} is missing): pip install 'mirrorl[ray]'") from None
+    tokenizer = load_tokenizer(policy)
     checkpointing, logger = _begin(cfg, "rl", start, resume, cfg.rl.save_every, tokenizer)
     try:
-        result = train_rl(trainer, generator, reward, tokenizer, problems, cfg, logger, checkpointing)
+        with ray_cluster(cfg, policy) as (trainer, generator):
+            result = train_rl(trainer, generator, reward, tokenizer, problems, cfg, logger, checkpointing)
+            trainer.export(cfg.run.output_dir / "rl" / "final")
     finally:
         logger.close()
-    save_policy(model, tokenizer, out / "rl" / "final")
-    console.print(f"rl: {result.iterations} iterations, last training accuracy {result.final_accuracy:.3f} "
-                  f"-> {out / 'rl' / 'final'}")
-    return out / "rl" / "final"
+    return result
 
 
 def run_eval(cfg: Config, checkpoint: str | Path, name: str) -> EvalResult:

@@ -121,6 +121,7 @@ class GenerateResult:
     weight_version: int  # the version of the weights that generated every token of this call
     new_tokens: int
     idle_fraction: float  # slot-steps spent on free slots / all slot-steps (0 where there are no slots)
+    metrics: dict[str, float] = field(default_factory=dict)  # the generator's own figures to log (per worker, sync)
 
 
 class Generator(Protocol):
@@ -175,10 +176,13 @@ class StepMetrics:
     loss: dict[str, float]  # the loss's own figures and grad_norm, averaged over the optimizer steps
     entropy: float  # token mean over the trained tokens, of the policy as it was being updated
     stale_weight_mean: float | None  # mean off-policy weight; None when no sample had stale tokens
+    # mean |log pi_i| difference between the trainer's forward and the generator's log-probs of the tokens
+    # pi_i sampled (first mini-batch, before any step); None when there were none
+    logprob_gap: float | None = None
 
     def as_dict(self) -> dict[str, float]:
-        extra = {} if self.stale_weight_mean is None else {"stale_weight_mean": self.stale_weight_mean}
-        return {**self.loss, "entropy": self.entropy, **extra}
+        optional = {"stale_weight_mean": self.stale_weight_mean, "logprob_gap": self.logprob_gap}
+        return {**self.loss, "entropy": self.entropy, **{k: v for k, v in optional.items() if v is not None}}
 
 
 class Trainer(Protocol):
@@ -198,6 +202,10 @@ class Trainer(Protocol):
 
     def save(self, directory: Path) -> None:
         """Write the policy (Hugging Face format) and the optimizer state into a checkpoint directory."""
+        ...
+
+    def export(self, directory: Path) -> None:
+        """Write the policy alone, in Hugging Face format (a run's final model)."""
         ...
 
     def load_optimizer(self, directory: Path) -> None:

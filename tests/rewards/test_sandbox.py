@@ -2,7 +2,7 @@
 nor harm the host.
 
 Every program runs in each isolation this machine has: bubblewrap (skipped, with the reason,
-only when it is absent and scripts/install-bwrap.sh cannot install it) and the fallback. An
+only when it is absent and scripts/install-bwrap.sh cannot install it) and backend "none". An
 attack that needs a protection an isolation lacks is skipped, naming the protection. Limits are
 small (FAST), so each run is bounded to a few seconds. Many attack programs print what they
 managed; the expected output is the safe answer, so `ok` means the attack failed.
@@ -53,7 +53,7 @@ def _bubblewrap_or_skip() -> Isolation:
                     "(needs root and apt)")
     try:
         return sandbox.detect_isolation("bubblewrap")
-    except RuntimeError as err:
+    except sandbox.SandboxUnavailable as err:
         pytest.skip(str(err))
 
 
@@ -81,7 +81,7 @@ def marker() -> str:
 
 
 def processes_named(name: str) -> list[int]:
-    """Live processes with this name. Zombies are dead: when the fallback's runner is killed, its
+    """Live processes with this name. Zombies are dead: when backend "none"'s runner is killed, its
     orphans' zombies go to the host's init, which reaps them in its own time."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -210,7 +210,9 @@ def test_loop_ignoring_sigxcpu_dies_at_the_hard_cpu_limit(isolation):
     source = "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass\n"
     result = run(isolation, source, [TestCase("", "")], limits=FAST.model_copy(update={"wall_seconds": 8.0}))
     assert result.verdict is Verdict.TIMEOUT
-    assert result.tests[0].cpu_seconds >= 1.9 and result.tests[0].wall_seconds < 8  # SIGKILL at 2 s of CPU
+    # past the soft limit (1 s, SIGXCPU ignored), killed by the hard one (2 s) long before the wall deadline; the
+    # reported CPU time (rusage) lags the kernel's precise count under load, so the bound sits between the two
+    assert result.tests[0].cpu_seconds >= 1.5 and result.tests[0].wall_seconds < 8
 
 
 @pytest.mark.parametrize("stream", ["stdout", "stderr"])
@@ -356,13 +358,13 @@ def problem(**meta) -> Problem:
     return Problem(id="add", prompt="add two numbers", answer="", task="code", meta={"tests": tests, **meta})
 
 
-def test_code_reward_scores_the_last_program():
+def test_code_reward_scores_the_last_program(isolation):
     wrong_then_right = f"First try:\n```python\nprint(0)\n```\nFixed:\n```python\n{ADD_PY}```\n"
-    assert code_reward(wrong_then_right, problem()) == 1.0
-    assert code_reward(f"```python\n{ADD_PY}```\nor maybe\n```python\nprint(0)\n```", problem()) == 0.0
-    assert code_reward("the answer is 3", problem()) == 0.0  # no program is the response's failure
+    assert code_reward(wrong_then_right, problem(), isolation) == 1.0
+    assert code_reward(f"```python\n{ADD_PY}```\nor maybe\n```python\nprint(0)\n```", problem(), isolation) == 0.0
+    assert code_reward("the answer is 3", problem(), isolation) == 0.0  # no program is the response's failure
     with pytest.raises(ValueError, match="meta\\['tests'\\]"):
-        code_reward(f"```python\n{ADD_PY}```", Problem(id="x", prompt="", answer=""))
+        code_reward(f"```python\n{ADD_PY}```", Problem(id="x", prompt="", answer=""), isolation)
 
 
 def test_code_reward_never_scores_a_sandbox_error(monkeypatch):
@@ -380,18 +382,19 @@ def test_code_reward_never_scores_a_sandbox_error(monkeypatch):
     assert code_reward(f"```python\n{ADD_PY}```", problem()) == 1.0
 
 
-def test_run_cli(tmp_path):
+def test_run_cli(isolation, tmp_path):
     program, tests = tmp_path / "add.py", tmp_path / "tests.jsonl"
     program.write_text(ADD_PY)
     tests.write_text("\n".join(f'{{"input": "{t.input.strip()}", "output": "{t.output.strip()}"}}' for t in ADD))
-    report = run_cli(program, tests, limits=FAST)
+    backend = isolation.protections.backend
+    report = run_cli(program, tests, limits=FAST, backend=backend)
     assert report["verdict"] == "ok" and len(report["tests"]) == 3
-    assert report["protections"]["backend"] in ("bubblewrap", "none")
+    assert report["protections"]["backend"] == backend
     with pytest.raises(ValueError, match="language"):
         run_cli(tests, tests)
 
 
-def test_fallback_reports_what_it_lacks():
+def test_backend_none_reports_what_it_lacks():
     report = sandbox.detect_isolation("none").protections
     assert {"filesystem", "network", "pid_namespace", "ipc_namespace"} <= set(report.missing())
     assert any("no namespaces" in note for note in report.notes)
@@ -409,6 +412,7 @@ def test_cli_sandbox_run_prints_the_verdict_and_rejects_bad_limits(tmp_path):
 
     from mirrorl.cli import app
 
+    _bubblewrap_or_skip()  # the command's default backend
     (tmp_path / "add.py").write_text("a, b = map(int, input().split())\nprint(a + b)\n")
     (tmp_path / "tests.jsonl").write_text('{"input": "1 2", "output": "3"}\n{"input": "2 2", "output": "5"}\n')
     result = CliRunner().invoke(app, ["sandbox", "run", str(tmp_path / "add.py"), str(tmp_path / "tests.jsonl")])

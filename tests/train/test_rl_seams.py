@@ -20,8 +20,7 @@ def test_a_user_defined_generator_drives_train_rl(tmp_path, tiny_model):
     model, tokenizer = tiny_model
     cfg = load_config(None, ["rl.iterations=4", "rl.problems_per_iteration=3", "algo.num_samples=4", "rl.lr=1e-3",
                              "run.tensorboard=false"])
-    trainer = LocalTrainer(model, tokenizer, cfg.algo.loss, cfg.algo.loss_params(), cfg.rl.lr, cfg.rl.grad_clip,
-                           cfg.rl.logprob_chunk_size, cfg.rl.off_policy_correction, cfg.rl.is_cap)
+    trainer = LocalTrainer.from_config(model, tokenizer, cfg)
     generator = ScriptedGenerator(tokenizer, right=0.5)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     logger = MetricsLogger(tmp_path, "rl", tensorboard=False)

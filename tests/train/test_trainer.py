@@ -80,8 +80,10 @@ def test_reference_logprobs_from_the_generator_equal_a_forward_pass():
     on_policy = build_train_batch(samples, 5, 0, 1, random.Random(0))
     stale = build_train_batch(samples, 6, 0, 1, random.Random(0))  # every token older: a forward pass
     mask = on_policy.loss_mask
-    assert torch.equal(trainer.reference_logprobs(on_policy), on_policy.behaviour_logprobs)
-    assert torch.allclose(trainer.reference_logprobs(stale) * mask, on_policy.behaviour_logprobs * mask, atol=1e-5)
+    rows = torch.arange(on_policy.input_ids.shape[0])
+    assert torch.equal(trainer.reference_logprobs(on_policy, rows), on_policy.behaviour_logprobs)
+    forward = trainer.reference_logprobs(stale, rows)
+    assert torch.allclose(forward * mask, on_policy.behaviour_logprobs * mask, atol=1e-5)
     assert mask.sum() == sum(len(s.response_ids) for s in samples)
 
 

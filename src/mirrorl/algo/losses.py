@@ -53,8 +53,10 @@ def _per_sample(values: Tensor, inputs: LossInputs) -> Tensor:
 
 @dataclass
 class LossOutput:
-    loss: Tensor  # scalar
+    loss: Tensor  # scalar: a mean over `count` units
     metrics: dict[str, float]
+    count: float  # what the mean divides by (samples, or weighted tokens): a learner rank that holds part of a
+    # mini-batch rescales its loss by it so that the ranks' averaged gradient is the whole mini-batch's
 
 
 def group_mean(values: Tensor, group_ids: Tensor) -> Tensor:
@@ -85,7 +87,7 @@ def mirror_descent_loss(inputs: LossInputs, *, tau: float, length_normalize: boo
         "loss": float(loss.detach()), "log_ratio_mean": float(log_ratio.detach().mean()),
         "log_ratio_abs_mean": float(log_ratio.detach().abs().mean()), "kl": _kl(inputs),
         "advantage_abs_mean": float(advantage.abs().mean()),
-    })
+    }, count=float(len(residual)))
 
 
 def rest_loss(inputs: LossInputs) -> LossOutput:
@@ -94,7 +96,7 @@ def rest_loss(inputs: LossInputs) -> LossOutput:
     loss = -(inputs.logprobs * keep).sum() / keep.sum().clamp(min=1)
     return LossOutput(loss, {
         "loss": float(loss.detach()), "kl": _kl(inputs), "used_fraction": float(inputs.correct.float().mean()),
-    })
+    }, count=float(keep.sum()))
 
 
 def group_pg_loss(inputs: LossInputs, *, clip_eps: float, scale_by_std: bool) -> LossOutput:
@@ -110,7 +112,8 @@ def group_pg_loss(inputs: LossInputs, *, clip_eps: float, scale_by_std: bool) ->
     loss = -_per_sample(per_sample, inputs).mean()
     with torch.no_grad():
         clip_fraction = ((ratio - clipped).abs() > 0).float().mul(inputs.mask).sum() / inputs.mask.sum().clamp(min=1)
-    return LossOutput(loss, {"loss": float(loss.detach()), "kl": _kl(inputs), "clip_fraction": float(clip_fraction)})
+    return LossOutput(loss, {"loss": float(loss.detach()), "kl": _kl(inputs), "clip_fraction": float(clip_fraction)},
+                      count=float(len(per_sample)))
 
 
 # name -> loss; each takes its own settings as keywords (`mirrorl.config`'s `algo.loss_params()`)

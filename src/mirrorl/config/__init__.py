@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, model_validator
 
 from mirrorl.config.base import Section
+from mirrorl.config.distributed import DistributedConfig
 from mirrorl.config.rewards import (
     CoTRMConfig,
     GenTestsConfig,
@@ -39,7 +40,8 @@ from mirrorl.config.rewards import (
 from mirrorl.config.sampling import RepeatConfig, SamplingConfig
 
 __all__ = [
-    "AlgoConfig", "CheckpointConfig", "CoTRMConfig", "Config", "CurriculumSamplerConfig", "DataConfig", "EvalConfig",
+    "AlgoConfig", "CheckpointConfig", "CoTRMConfig", "Config", "CurriculumSamplerConfig", "DataConfig",
+    "DistributedConfig", "EvalConfig",
     "GenTestsConfig", "GroupPGConfig", "LengthPenaltyConfig", "Limits", "MatchSettings", "MathRewardConfig",
     "MirrorDescentConfig", "ModelConfig", "PrioritizedSamplerConfig", "RLConfig", "RMTrainConfig", "RepeatConfig",
     "RestConfig", "RewardsConfig", "RunConfig", "SFTConfig", "SamplerConfig", "SamplingConfig", "Section",
@@ -59,6 +61,14 @@ class RunConfig(Section):
     num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 leaves torch's default.")
     tensorboard: bool = Field(True, description="Write TensorBoard event files next to metrics.jsonl.")
     wandb: bool = Field(False, description="Also log to Weights & Biases (needs `pip install wandb`).")
+    backend: Literal["local", "ray"] = Field(
+        "local", description="'local': RL in this process; 'ray': rollout workers and a learner group as Ray actors "
+        "(the `distributed` section; `pip install mirrorl[ray]`). SFT and evaluation run in this process.",
+    )
+    ray_address: str | None = Field(
+        None, description="run.backend=ray: address of a running Ray cluster ('auto', 'host:6379'); None starts a "
+        "Ray instance on this machine for the run.",
+    )
 
 
 class ModelConfig(Section):
@@ -314,6 +324,14 @@ class Config(Section):
     rewards: RewardsConfig = Field(default_factory=RewardsConfig)
     rm: RMTrainConfig = Field(default_factory=RMTrainConfig, description="`mirrorl train-rm`: a value-head RM.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="run.backend=ray.")
+
+    @model_validator(mode="after")
+    def _distributed_needs_ray(self) -> Config:
+        if self.run.backend == "local":
+            _only_with(self.run, "run", ("ray_address",), "run.backend=ray")
+            _only_with(self.distributed, "distributed", tuple(DistributedConfig.model_fields), "run.backend=ray")
+        return self
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -353,6 +371,8 @@ def _describe(err: ValidationError) -> str:
     """One line for the first error, with the key as the user writes it (pydantic adds union tags)."""
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"]]
+    if not loc:  # the whole tree's own check
+        return f"config: {first['msg'].removeprefix('Value error, ')}"
     parts: list[str] = []
     parent: type[BaseModel] | None = None  # the section whose field the last part names
     section: type[BaseModel] | None = Config

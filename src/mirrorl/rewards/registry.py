@@ -5,6 +5,11 @@ list[float | None]`, None when the scorer itself failed (a crashed sandbox, a ti
 None is never turned into a reward of 0: the caller drops that sample and counts it. A user's
 `package.module:name` is a function of one `(response, problem)`, lifted by `per_sample`, or a
 batch reward (a `BatchFirst`: a reward model object, or a function decorated with `batched`).
+
+Building a reward checks what it needs before any work: `code` probes bubblewrap and raises the
+sandbox's one-line SandboxUnavailable (a ValueError) where it cannot run, so `mirrorl rl` stops
+before its first iteration; `code_unprotected` is the explicit choice to run the programs without
+bubblewrap (sandbox backend "none": rlimits and cgroups only, no filesystem or network isolation).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from mirrorl.config import RewardsConfig
 from mirrorl.data import tasks
 from mirrorl.rewards.batch import BatchFirst, per_sample
 from mirrorl.rewards.math_reward import MathProblemReward
-from mirrorl.rewards.sandbox import code_reward
+from mirrorl.rewards.sandbox import CodeReward
 from mirrorl.types import BatchReward, Problem
 
 
@@ -52,10 +57,12 @@ def _value_rm(rewards: RewardsConfig) -> BatchReward:
     return ValueHeadReward(rewards.value_rm)
 
 
-# name -> the reward built from the `rewards.*` sections; the math verifier's workers start on its first call
+# name -> the reward built from the `rewards.*` sections; the math verifier's workers start on its first call,
+# the code sandbox is probed when its reward is built
 REWARDS: dict[str, Callable[[RewardsConfig], BatchReward]] = {
     "chain_sum": lambda _: per_sample(chain_sum_reward),
-    "code": lambda _: per_sample(code_reward),
+    "code": lambda _: per_sample(CodeReward("bubblewrap")),
+    "code_unprotected": lambda _: per_sample(CodeReward("none")),
     "math": lambda rewards: MathProblemReward(rewards.math),
     "cot_rm": _cot_rm,
     "value_rm": _value_rm,

@@ -48,6 +48,7 @@ class RolloutStep:
     stepped: int  # trajectories it extended
     new_tokens: int
     idle_fraction: float  # of the generator's slots
+    generator_metrics: dict[str, float]  # the generator's own figures (`GenerateResult.metrics`)
 
 
 class PartialRollouts:
@@ -80,7 +81,7 @@ class PartialRollouts:
             trajectory.finish_reason = None if done.finish_reason == "budget" else done.finish_reason
         ready = [gid for gid, group in self.groups.items() if all(t.finish_reason for t in group)]
         return RolloutStep([self.groups.pop(gid) for gid in ready], len(running), result.new_tokens,
-                           result.idle_fraction)
+                           result.idle_fraction, result.metrics)
 
     def state_dict(self) -> dict:
         """The buffer as JSON-able data (tokens, behaviour log-probs and per-token versions included).
@@ -99,13 +100,18 @@ class PartialRollouts:
 
 
 def rollout_metrics(step: RolloutStep, buffer: PartialRollouts, version: int) -> dict[str, float]:
-    """Buffer size, segments per finished trajectory, off-policy token fraction, idle slots, and the
-    fraction of the trajectories stepped that stopped on the budget this iteration."""
+    """Buffer size, segments per finished trajectory, off-policy token fraction and version lag,
+    idle slots, the fraction of the trajectories stepped that stopped on the budget this iteration,
+    and the generator's own figures."""
     ready = step.groups
     finished = [t for group in ready for t in group]
     tokens = sum(len(t.versions) for t in finished)
     stale = sum(v != version for t in finished for v in t.versions)
+    lags = [version - v for t in finished for v in t.versions]
     return {
+        **step.generator_metrics,
+        "version_lag_mean": sum(lags) / max(1, len(lags)),
+        "version_lag_max": max(lags, default=0),
         "buffer_trajectories": len(buffer.unfinished()),
         "buffer_groups": len(buffer.groups),
         "segments_per_trajectory": sum(t.segments for t in finished) / max(1, len(finished)),

@@ -215,6 +215,7 @@ def train_rl(trainer: Trainer, generator: Generator, reward: GuardedReward, toke
             state = loop_state(iteration, accuracy, sampler, rollouts, rng, digest)  # the start of this iteration
             save = partial(ckpt.save_with, iteration, trainer.save, **state)
             ckpt.boundary(iteration, first, "rl", save)  # 0. checkpoint when due, or stop when asked to
+            began = time.perf_counter()
             generator.update_weights(iteration, trainer.state_dict())  # pi_i generates this iteration
             t0 = time.perf_counter()
             for index in sampler.sample(cfg.rl.problems_per_iteration, iteration):  # 1.
@@ -222,7 +223,8 @@ def train_rl(trainer: Trainer, generator: Generator, reward: GuardedReward, toke
             step = rollouts.step(generator, params, seed=cfg.run.seed * 100_003 + iteration)  # 2.
             t1 = time.perf_counter()
             metrics = rollout_metrics(step, rollouts, iteration)
-            metrics.update(rollout_tokens_per_second=step.new_tokens / (t1 - t0), time_rollout=t1 - t0)
+            metrics.update(rollout_tokens_per_second=step.new_tokens / (t1 - t0), time_rollout=t1 - t0,
+                           time_sync=t0 - began)
             drawn = to_samples(step.groups, tokenizer)
             scored = score(drawn, problems, reward, cfg.rollout.repeat.penalty)  # 3. reward
             samples, errors = scored.samples, scored.errors
@@ -250,7 +252,7 @@ def train_rl(trainer: Trainer, generator: Generator, reward: GuardedReward, toke
                 metrics.update(iteration_metrics(samples, len(drawn), len(step.groups)), **step_metrics.as_dict(),
                                length_penalty_weight=weight, time_reward=t2 - t1, time_optimize=t3 - t2)
                 accuracy = metrics["accuracy"]
-            metrics["time_iteration"] = time.perf_counter() - t0
+            metrics["time_iteration"] = time.perf_counter() - began
             logger.log(iteration, metrics)
             bar.update(task, advance=1, info=f"acc {accuracy:.2f} len {metrics.get('response_tokens', 0):.0f} "
                                              f"kl {metrics.get('kl', 0):.4f} buffer {metrics['buffer_trajectories']}")

@@ -18,19 +18,23 @@ Legend: N samples, T tokens of the longest prompt + response, G groups.
 
 from __future__ import annotations
 
+import inspect
 import random
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mirrorl.algo.logprobs import sequence_logprobs
 from mirrorl.algo.losses import LOSSES, LossInputs, LossOutput, stale_weights
+from mirrorl.config import Config
 from mirrorl.data.encode import pad_batch
 from mirrorl.models import save_policy
 from mirrorl.train.resume import MODEL_DIR
@@ -89,18 +93,88 @@ def _rows(batch: TrainBatch, rows: Tensor) -> tuple[Tensor, Tensor, int]:
     return batch.input_ids[rows, :width], batch.attention_mask[rows, :width], width
 
 
+class PolicyLogProbs(torch.nn.Module):
+    """The policy as a module whose forward returns per-token log-probs (and entropies): the module
+    DistributedDataParallel wraps, since its gradient hooks need the forward to run through it."""
+
+    def __init__(self, model: PreTrainedModel, chunk_size: int) -> None:
+        super().__init__()
+        self.model, self.chunk_size = model, chunk_size
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, with_entropy: bool = False
+                ) -> tuple[Tensor, Tensor | None]:
+        out = sequence_logprobs(self.model, input_ids, attention_mask, self.chunk_size, with_entropy)
+        return out.logprobs, out.entropy
+
+
+@dataclass
+class StepShare:
+    """One learner rank's part of an optimize phase, as sums, so that the ranks' parts combine exactly."""
+
+    steps: list[tuple[int, dict[str, float]]]  # per optimizer step: the rows this rank trained and its loss figures
+    entropy: tuple[float, float]  # sum over trained tokens, their number
+    stale_weights: tuple[float, int]  # sum of the off-policy weights, samples
+    logprob_gap: tuple[float, float]  # sum of |trainer - generator| log-prob of pi_i's tokens, their number
+
+
+def combine(shares: Sequence[StepShare]) -> StepMetrics:
+    """The optimize phase's figures from every rank's share: each step's figures are the row-weighted
+    mean over the ranks that trained rows in it, then averaged over the steps."""
+    per_step = []
+    for parts in zip(*(share.steps for share in shares)):
+        rows = sum(n for n, _ in parts)
+        keys = {key for n, figures in parts if n for key in figures}
+        per_step.append({key: sum(n * figures[key] for n, figures in parts if n) / rows for key in keys})
+    loss = {key: sum(step[key] for step in per_step) / len(per_step) for key in per_step[0]} if per_step else {}
+
+    def mean(pairs: list[tuple[float, float]]) -> float | None:
+        total, count = map(sum, zip(*pairs))
+        return total / count if count else None
+
+    return StepMetrics(loss=loss, entropy=mean([s.entropy for s in shares]) or 0.0,
+                       stale_weight_mean=mean([s.stale_weights for s in shares]),
+                       logprob_gap=mean([s.logprob_gap for s in shares]))
+
+
+def _data_parallel(module: torch.nn.Module) -> DistributedDataParallel:
+    """DDP without syncing buffers on every forward: the policy's buffers (rotary tables) are
+    constants, and the sync is a collective that ranks running different forwards would not match.
+    (torch 2.13 renamed the switch; older releases, which mirrorl supports, know only the old name.)"""
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return DistributedDataParallel(module, forward_sync_buffers=False)
+    return DistributedDataParallel(module, broadcast_buffers=False)
+
+
 class LocalTrainer:
-    """The policy and its optimizer in this process (the `mirrorl.types.Trainer` of one device)."""
+    """The policy and its optimizer in this process (the `mirrorl.types.Trainer` of one device), or
+    one rank of a data-parallel learner group when torch.distributed is initialised (`distributed`).
+
+    Data parallel (DistributedDataParallel): every rank receives the whole `TrainBatch` and, in each
+    mini-batch, trains the groups dealt to it (whole groups, so baselines stay per group). A rank's
+    loss, a mean over its own rows (or tokens), is rescaled by its share of the mini-batch's total,
+    so the gradient DDP averages is that of the whole mini-batch, as in one process. A rank without
+    a group in a mini-batch still takes part with a zero loss, so every rank makes the same calls.
+    """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, loss: str,
                  loss_params: Mapping[str, Any], lr: float, grad_clip: float, logprob_chunk_size: int,
-                 off_policy_correction: Literal["none", "truncated_is"], is_cap: float) -> None:
+                 off_policy_correction: Literal["none", "truncated_is"], is_cap: float,
+                 distributed: bool = False) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.loss: Callable[[LossInputs], LossOutput] = partial(LOSSES[loss], **loss_params)
-        self.lr, self.grad_clip, self.chunk_size = lr, grad_clip, logprob_chunk_size
+        self.lr, self.grad_clip = lr, grad_clip
         self.correct_off_policy, self.is_cap = off_policy_correction == "truncated_is", is_cap
         self.device = next(model.parameters()).device
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        self.scorer = PolicyLogProbs(model, logprob_chunk_size)
+        self.trained = _data_parallel(self.scorer) if distributed else self.scorer
         self.optimizer = self._new_optimizer()
+
+    @classmethod
+    def from_config(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Config,
+                    distributed: bool = False) -> LocalTrainer:
+        return cls(model, tokenizer, cfg.algo.loss, cfg.algo.loss_params(), cfg.rl.lr, cfg.rl.grad_clip,
+                   cfg.rl.logprob_chunk_size, cfg.rl.off_policy_correction, cfg.rl.is_cap, distributed)
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.model.parameters(), lr=self.lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -111,57 +185,90 @@ class LocalTrainer:
     def state_dict(self) -> Mapping[str, Tensor]:
         return self.model.state_dict()
 
+    def export(self, directory: Path) -> None:
+        save_policy(self.model, self.tokenizer, directory)
+
     def save(self, directory: Path) -> None:
-        save_policy(self.model, self.tokenizer, directory / MODEL_DIR)
+        self.export(directory / MODEL_DIR)
         write_optimizer_state(directory, self.optimizer)
 
     def load_optimizer(self, directory: Path) -> None:
         read_optimizer_state(directory, self.optimizer)
 
+    def share(self, rows: Tensor, group_ids: Tensor) -> Tensor:
+        """The rows of `rows` this rank trains: its groups, dealt round-robin in group order."""
+        if self.world == 1:
+            return rows
+        groups = torch.unique(group_ids[rows])[self.rank :: self.world]
+        return rows[torch.isin(group_ids[rows], groups)]
+
     @torch.no_grad()
-    def reference_logprobs(self, batch: TrainBatch, micro: int = 64) -> Tensor:
-        """log pi_i [N, T-1] of every token: the behaviour log-probs when pi_i sampled them all,
-        else one forward pass of the current weights (still theta_i: no step taken yet)."""
+    def reference_logprobs(self, batch: TrainBatch, rows: Tensor, micro: int = 64) -> Tensor:
+        """log pi_i [N, T-1] of every token of `rows` (other rows 0): the behaviour log-probs when pi_i
+        sampled them all, else one forward pass of the current weights (still theta_i: no step taken yet)."""
         if not batch.older.any():
             return batch.behaviour_logprobs
         ref = torch.zeros_like(batch.loss_mask)  # [N, T-1]
-        for start in range(0, batch.input_ids.shape[0], micro):
-            rows = torch.arange(start, min(start + micro, batch.input_ids.shape[0]), device=self.device)
-            input_ids, attention_mask, _ = _rows(batch, rows)
-            out = sequence_logprobs(self.model, input_ids, attention_mask, self.chunk_size)
-            ref[rows, : out.logprobs.shape[1]] = out.logprobs
+        for start in range(0, len(rows), micro):
+            chunk = rows[start : start + micro]
+            input_ids, attention_mask, _ = _rows(batch, chunk)
+            logprobs, _ = self.scorer(input_ids, attention_mask)  # not through DDP: ranks differ in rows
+            ref[chunk, : logprobs.shape[1]] = logprobs
         return ref
 
     def train_step(self, batch: TrainBatch, lr: float) -> StepMetrics:
+        return combine([self.train_share(batch, lr)])
+
+    def train_share(self, batch: TrainBatch, lr: float) -> StepShare:
+        """The optimize phase on this rank's share of `batch`: an optimizer step per mini-batch."""
         batch = batch.to(self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        ref = self.reference_logprobs(batch)  # [N, T-1]
+        shares = [self.share(rows, batch.group_ids) for rows in batch.minibatches]
+        mine = torch.cat(shares)
+        ref = self.reference_logprobs(batch, mine)  # [N, T-1]
         weights = None  # off-policy correction of partial rollouts' older segments
         if self.correct_off_policy and batch.older.any():
             weights = stale_weights(ref, batch.behaviour_logprobs, batch.older, cap=self.is_cap)  # [N]
-        totals: Counter[str] = Counter()
-        entropy_sum = 0.0
+        steps: list[tuple[int, dict[str, float]]] = []
+        entropy_sum, tokens, gap = 0.0, 0.0, (0.0, 0.0)
         self.model.train()
-        for rows in batch.minibatches:
+        for index, rows in enumerate(shares):
+            idle = len(rows) == 0  # this rank has no group in this mini-batch
+            if idle:
+                rows = batch.minibatches[index][:1]
             input_ids, attention_mask, width = _rows(batch, rows)
             mask = batch.loss_mask[rows, : width - 1]  # [n, W-1]
-            current = sequence_logprobs(self.model, input_ids, attention_mask, self.chunk_size, with_entropy=True)
-            entropy_sum += float((current.entropy * mask).sum())
-            out = self.loss(LossInputs(
-                logprobs=current.logprobs, ref_logprobs=ref[rows, : width - 1], mask=mask,
-                rewards=batch.rewards[rows], correct=batch.correct[rows], group_ids=batch.group_ids[rows],
-                weights=None if weights is None else weights[rows],
-            ))
-            out.loss.backward()
+            logprobs, entropy = self.trained(input_ids, attention_mask, with_entropy=True)
+            if idle:
+                loss, figures, count = logprobs.sum() * 0.0, {}, 0.0
+            else:
+                out = self.loss(LossInputs(
+                    logprobs=logprobs, ref_logprobs=ref[rows, : width - 1], mask=mask,
+                    rewards=batch.rewards[rows], correct=batch.correct[rows], group_ids=batch.group_ids[rows],
+                    weights=None if weights is None else weights[rows],
+                ))
+                loss, figures, count = out.loss, out.metrics, out.count
+                entropy_sum, tokens = entropy_sum + float((entropy * mask).sum()), tokens + float(mask.sum())
+                if index == 0:  # theta is still theta_i: the trainer's and the generator's log pi_i of the same tokens
+                    fresh = mask * (1 - batch.older[rows, : width - 1])
+                    behaviour = batch.behaviour_logprobs[rows, : width - 1]
+                    gap = (float(((logprobs.detach() - behaviour).abs() * fresh).sum()), float(fresh.sum()))
+            loss = loss * self._share_of(count)
+            loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            totals.update({**out.metrics, "grad_norm": float(grad_norm)})
+            steps.append((0 if idle else len(rows), {**figures, "grad_norm": float(grad_norm)}))
         self.model.eval()
-        steps = len(batch.minibatches)
-        return StepMetrics(
-            loss={key: value / steps for key, value in totals.items()},
-            entropy=entropy_sum / max(1.0, float(batch.loss_mask.sum())),
-            stale_weight_mean=None if weights is None else float(weights.mean()),
-        )
+        mine_weights = (0.0, 0) if weights is None else (float(weights[mine].sum()), len(mine))
+        return StepShare(steps, (entropy_sum, tokens), mine_weights, gap)
+
+    def _share_of(self, count: float) -> float:
+        """The factor that turns a rank's mean over `count` units into its part of the mini-batch mean
+        (DDP averages the ranks' gradients): count * ranks / the ranks' total count; 1 in one process."""
+        if self.world == 1:
+            return 1.0
+        total = torch.tensor([count], dtype=torch.float64)
+        dist.all_reduce(total)
+        return count * self.world / float(total) if float(total) > 0 else 0.0

@@ -17,15 +17,23 @@ sample's processes without sharing a budget with concurrent samples. Measured on
 Cgroups (cgroups.py): a root-run `sh` writes its pid into the sample's cgroup.procs files, then
 execs setpriv/bubblewrap, so nothing untrusted ever runs outside the group.
 
-Fallback (no bubblewrap, or it cannot start): the runner runs as a plain child in a fresh temp
-dir, with the same rlimits, cgroup and subreaper cleanup; as root, the program runs as uid 65534
-(so host files readable only by root stay unreadable, and the runner cannot be signalled).
-It has no filesystem, network, pid or ipc isolation; `Protections` names what is missing and
-`default_isolation()` logs it once as a warning.
+No fallback: where bubblewrap is missing or cannot start, backend "bubblewrap" raises
+`SandboxUnavailable`, a one-line ValueError naming the fix, and no program runs. We chose to fail
+closed because the only alternative, a plain child process, lets a program write host files and
+reach host network services: training on a machine without bubblewrap should stop at start, not
+run model-written code unprotected. ("auto" is kept as the CLI's default spelling of "bubblewrap";
+it once meant "bubblewrap, else the plain child" and no longer does.)
+
+Backend "none", only when chosen explicitly: the runner runs as a plain child in a fresh temp dir,
+with the same rlimits, cgroup and subreaper cleanup; as root, the program runs as uid 65534 (so
+host files readable only by root stay unreadable, and the runner cannot be signalled). It has no
+filesystem, network, pid or ipc isolation; `Protections` names what is missing and choosing it
+logs a warning once per process.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -41,10 +49,21 @@ from mirrorl.rewards.sandbox.cgroups import CgroupRoot, SampleCgroup, find_cgrou
 
 logger = logging.getLogger(__name__)
 
-Backend = Literal["auto", "bubblewrap", "none"]
+Backend = Literal["bubblewrap", "none", "auto"]  # "auto": the CLI's default, the same as "bubblewrap"
 SANDBOX_UID = 65534  # nobody
 WORK_DIR = "/work"
 RUNNER_SOURCE = Path(runner.__file__).read_text()
+INSTALL_HINT = "install it with `sh scripts/install-bwrap.sh` (Debian/Ubuntu: `apt-get install bubblewrap`)"
+UNPROTECTED_HINT = ("to run programs unprotected on purpose, choose the sandbox backend 'none' "
+                    "(rl.reward=code_unprotected; `mirrorl sandbox run` or `mirrorl gen-tests` --backend none)")
+
+
+class SandboxUnavailable(ValueError):
+    """Bubblewrap is missing or cannot start here and backend "none" was not chosen: no program runs.
+
+    A ValueError (the CLI prints it as one line, exit code 2) because the fix is the user's: install
+    bubblewrap, allow user namespaces, or choose backend "none" on purpose.
+    """
 
 
 @dataclass(frozen=True)
@@ -85,7 +104,7 @@ class Protections:
 class Isolation:
     """How sandboxes are started on this machine (built once by `detect_isolation`)."""
 
-    bwrap: str | None  # bubblewrap's path; None: the fallback
+    bwrap: str | None  # bubblewrap's path; None: backend "none"
     setpriv: str | None  # when running as root: drops to SANDBOX_UID before bubblewrap
     cgroup_root: CgroupRoot | None
     python: str  # the interpreter of the runner and of Python programs
@@ -108,11 +127,11 @@ class Isolation:
 
     def job_fields(self) -> dict:
         """What the runner needs to know about this isolation."""
-        in_fallback_as_root = self.bwrap is None and os.geteuid() == 0
+        unprotected_as_root = self.bwrap is None and os.geteuid() == 0
         return {
             "python": self.python,
             "cxx": self.cxx,
-            "child_uid": SANDBOX_UID if in_fallback_as_root else None,
+            "child_uid": SANDBOX_UID if unprotected_as_root else None,
             "limit_processes": self.protections.process_limit_rlimit,
         }
 
@@ -157,10 +176,30 @@ def _probe(isolation: Isolation) -> str:
             else done.stderr.decode(errors="replace").strip() or f"exit code {done.returncode}")
 
 
-def detect_isolation(backend: Backend = "auto") -> Isolation:
-    """Probe this machine. backend="bubblewrap" raises when bubblewrap cannot run here."""
+def _unavailable(bwrap: str | None, error: str) -> SandboxUnavailable:
+    """The one-line refusal: what is wrong, why it matters, how to fix it."""
+    if bwrap is None:
+        what = f"bubblewrap (bwrap) is not installed; {INSTALL_HINT}"
+    else:
+        error = " / ".join(line.strip() for line in error.splitlines() if line.strip())[:300]
+        what = (f"bubblewrap ({bwrap}) is installed but cannot start here ({error}); it needs bubblewrap >= 0.8 "
+                f"({INSTALL_HINT}) and unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, "
+                "user.max_user_namespaces > 0; in a container, a seccomp profile that allows them)")
+    return SandboxUnavailable(f"the code sandbox refuses to run programs: {what}. Without it a program could write "
+                              f"host files and reach host network services; {UNPROTECTED_HINT}")
+
+
+def detect_isolation(backend: Backend = "bubblewrap") -> Isolation:
+    """Probe this machine for `backend` (uncached: see `isolation_for`).
+
+    "bubblewrap" (or "auto") raises SandboxUnavailable where bubblewrap is missing or cannot start;
+    "none" gives the unprotected plain child and logs a warning once per process.
+    """
     if backend not in ("auto", "bubblewrap", "none"):
-        raise ValueError(f"sandbox backend={backend!r}: use 'auto', 'bubblewrap' or 'none'")
+        raise ValueError(f"sandbox backend={backend!r}: use 'bubblewrap' or 'none' ('auto' means 'bubblewrap')")
+    bwrap = shutil.which("bwrap") if backend != "none" else None
+    if backend != "none" and bwrap is None:  # before the cgroup probe: a refusal should be cheap
+        raise _unavailable(None, "")
     is_root = os.geteuid() == 0
     python = _python()
     extra_binds = () if python.startswith("/usr/") else (os.path.realpath(sys.base_prefix),)
@@ -172,7 +211,6 @@ def detect_isolation(backend: Backend = "auto") -> Isolation:
     cgroups = {"cgroup_pids": "pids" in controllers, "cgroup_memory": "memory" in controllers,
                "cgroup_version": cgroup_root.version if cgroup_root else None}  # fmt: skip
 
-    bwrap = shutil.which("bwrap") if backend != "none" else None
     if bwrap is not None:
         setpriv = shutil.which("setpriv") if is_root else None
         unprivileged = not is_root or setpriv is not None  # root in the sandbox ignores RLIMIT_NPROC
@@ -183,16 +221,13 @@ def detect_isolation(backend: Backend = "auto") -> Isolation:
                 notes=tuple(notes + ([] if unprivileged else ["no setpriv: the sandbox runs as host root"]))),
             **common,
         )  # fmt: skip
-        if not (error := _probe(isolation)):
-            return isolation
-        notes.append(f"bubblewrap cannot start here: {error}")
-    elif backend != "none":
-        notes.append("bubblewrap is not installed (scripts/install-bwrap.sh)")
-    if backend == "bubblewrap":
-        raise RuntimeError(f"sandbox backend 'bubblewrap' requested but unusable: {'; '.join(notes)}")
+        if error := _probe(isolation):
+            raise _unavailable(bwrap, error)
+        return isolation
 
     # RLIMIT_NPROC counts every process of the uid on the host, a budget shared by concurrent
-    # samples, so the fallback uses it only as root (program as SANDBOX_UID) and without pids.max.
+    # samples, so backend "none" uses it only as root (program as SANDBOX_UID) and without pids.max.
+    _warn_unprotected()
     notes.append("no namespaces: the program shares the host's filesystem, network, process table and ipc")
     if not is_root:
         notes.append("not root: the program runs as your uid and may signal your processes")
@@ -205,20 +240,45 @@ def detect_isolation(backend: Backend = "auto") -> Isolation:
     )  # fmt: skip
 
 
-_default: Isolation | None = None
-_default_lock = threading.Lock()
+@functools.cache
+def _warn_unprotected() -> None:
+    """Once per process (functools.cache): backend "none" was chosen."""
+    logger.warning("code sandbox: backend 'none' chosen: programs run unprotected, as plain child processes "
+                   "that can write host files and reach host network services (only rlimits and, as root, "
+                   "cgroups where writable still apply)")
+
+
+_cache: dict[str, Isolation | SandboxUnavailable] = {}  # backend -> this process's isolation, or its refusal
+_cache_lock = threading.Lock()
+
+
+def isolation_for(backend: Backend = "bubblewrap") -> Isolation:
+    """This machine's isolation for `backend`, probed once per process; a refusal is remembered too.
+
+    Per process, not per run: a reward shipped to another machine probes that machine on its first
+    use. Raises SandboxUnavailable (every time) where bubblewrap cannot run and "none" was not chosen.
+    """
+    key = "bubblewrap" if backend == "auto" else backend
+    with _cache_lock:
+        if key not in _cache:
+            try:
+                isolation = detect_isolation(key)
+            except SandboxUnavailable as err:
+                _cache[key] = err
+            else:
+                _cache[key] = isolation
+                if key == "bubblewrap":  # "none" has warned in detect_isolation
+                    log = logger.warning if isolation.protections.missing() else logger.info
+                    log("code sandbox: %s", isolation.protections.summary())
+        found = _cache[key]
+    if isinstance(found, SandboxUnavailable):
+        raise SandboxUnavailable(str(found))  # a fresh one: re-raising the cached object would grow its traceback
+    return found
 
 
 def default_isolation() -> Isolation:
-    """The best isolation of this machine, detected once; logs which protections are missing."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = detect_isolation("auto")
-            report = _default.protections
-            log = logger.warning if report.missing() else logger.info
-            log("code sandbox: %s", report.summary())
-        return _default
+    """Bubblewrap on this machine, probed once; raises SandboxUnavailable without it (no fallback)."""
+    return isolation_for("bubblewrap")
 
 
 def protections() -> Protections:

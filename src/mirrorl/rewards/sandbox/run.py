@@ -119,7 +119,7 @@ def _launch(isolation: Isolation, job: dict, limits: Limits, deadline: float, ma
     """Start the sandbox, hand it the job and read its report.
 
     Past the deadline or the size cap, the sandbox's process group is killed (bubblewrap's pid
-    namespace dies with it; in the fallback, the cgroup's removal kills what is left).
+    namespace dies with it; with backend "none", the cgroup's removal kills what is left).
     """
     with ExitStack() as stack:
         cgroup = None
@@ -127,7 +127,7 @@ def _launch(isolation: Isolation, job: dict, limits: Limits, deadline: float, ma
             cgroup = isolation.cgroup_root.create(limits.num_processes + RUNNER_PROCESSES, memory_budget(limits))
             stack.callback(cgroup.remove)
         cwd = None
-        if isolation.bwrap is None:  # the fallback's work dir, on the host
+        if isolation.bwrap is None:  # backend "none": the work dir is on the host
             cwd = tempfile.mkdtemp(prefix="mirrorl-sandbox-")
             stack.callback(shutil.rmtree, cwd, ignore_errors=True)
             if job["child_uid"] is not None:

@@ -1,7 +1,7 @@
 """The runner: executes one program against its test inputs, from inside the sandbox.
 
 Started once per sample as `python3 -I -S -c <this file's text>` (bubblewrap's pid 1, or a plain
-child in the fallback). Reads one JSON job on stdin:
+child with backend "none"). Reads one JSON job on stdin:
     {"language": "python" | "cpp", "source": str, "inputs": [str], "limits": Limits fields,
      "python": path, "cxx": path, "child_uid": int | null, "limit_processes": bool}
 and writes JSON lines on stdout: {"kind": "ready", "time": its wall clock}, then {"kind": "compile", ...} for C++, then
@@ -20,7 +20,7 @@ runner over could not claim more than computing the answers. Its defences:
 - Each child: a new session, oom_score_adj 1000 (the OOM killer takes the program, never the
   runner), parent-death SIGKILL, and rlimits: AS and DATA, CPU (soft, hard = soft + 1 so a
   program that ignores SIGXCPU still dies), FSIZE, NOFILE, NPROC (when the host says the uid's
-  process count is private to this sandbox), CORE 0; in the fallback as root, uid `child_uid`.
+  process count is private to this sandbox), CORE 0; with backend "none" as root, uid `child_uid`.
 
 Stdlib only, Python >= 3.8: it runs under the sandbox's python3, never imports mirrorl. The host
 imports `pump` from here (the same capped, deadline-bound pipe exchange on both sides).

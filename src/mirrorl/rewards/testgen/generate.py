@@ -11,7 +11,7 @@ root holding only /usr, and our venv may lie under /work, which the sandbox cove
 tmpfs; so neither the path nor a bind of site-packages reaches it. Instead the source text of
 CYaRon and of its pure-Python dependency xeger (about 115 KB, read from the installed packages;
 nothing is vendored) travels inside the program and is imported from memory (bootstrap.py). It
-works the same under bubblewrap and in the fallback, and exposes no host path. The cost: every
+works the same under bubblewrap and under backend "none", and exposes no host path. The cost: every
 run compiles CYaRon again, about 60 ms (3 s for 50 inputs on our machine). CYaRon's optional
 colorful dependency is left out (CYaRon falls back to plain text without it).
 

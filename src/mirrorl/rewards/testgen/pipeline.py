@@ -39,7 +39,7 @@ from pydantic import ValidationError
 
 from mirrorl.config import GenTestsConfig
 from mirrorl.data.io import read_rows
-from mirrorl.rewards.sandbox import Isolation, Program, TestCase, Verdict, default_isolation, detect_isolation
+from mirrorl.rewards.sandbox import Backend, Isolation, Program, TestCase, Verdict, isolation_for
 from mirrorl.rewards.sandbox.reward import FENCE_LANGUAGES
 from mirrorl.rewards.testgen.generate import output_of, run_generator, run_on_inputs
 from mirrorl.rewards.testgen.vote import select_tests
@@ -261,13 +261,15 @@ def gen_tests_cli(
     model_path: str | None = None,
     *,
     device: str = "auto",
-    backend: Literal["auto", "bubblewrap", "none"] = "auto",
+    backend: Backend = "auto",
     **settings: Any,
 ) -> dict[str, Any]:
     """Generate tests for a problems file; write the kept rows and the report, and return the report.
 
     `settings` are GenTestsConfig fields (num_inputs=..., min_agree=..., limits=Limits(...)).
-    Raises ValueError, one line, on bad settings, paths or rows.
+    Raises ValueError, one line, on bad settings, paths or rows, and SandboxUnavailable (a one-line
+    ValueError) where `backend` is bubblewrap ("auto" included) and it cannot run here: before any
+    generator or solution runs, since only backend "none" runs programs unprotected.
     """
     try:
         cfg = GenTestsConfig(**settings)
@@ -277,7 +279,7 @@ def gen_tests_cli(
         raise ValueError(f"gen-tests{where}: {first['msg'].removeprefix('Value error, ')}") from None
     started = time.monotonic()
     problems = read_problems(problems_path)
-    isolation = default_isolation() if backend == "auto" else detect_isolation(backend)
+    isolation = isolation_for(backend)  # probed once per process; refuses here, before any program runs
     generators = find_generators(problems, generator_path)
     if model_path is not None:
         wanted = [p for p in problems if p.id not in generators and len(p.solutions) >= cfg.num_solutions]

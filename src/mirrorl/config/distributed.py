@@ -1,0 +1,52 @@
+"""The `distributed` section: RL on a Ray cluster (`run.backend=ray`), see `mirrorl.distributed`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from mirrorl.config.base import Section
+
+
+class DistributedConfig(Section):
+    """Rollout workers and a learner group as Ray actors (`run.backend=ray`; `pip install mirrorl[ray]`)."""
+
+    rollout_workers: int = Field(2, ge=1, description="Rollout workers, each a Ray actor with its own policy replica.")
+    learners: int = Field(2, ge=1, description="Learner ranks: data-parallel training (DDP) under torch.distributed.")
+    placement: Literal["separate", "colocated"] = Field(
+        "separate", description="'separate': workers and learners are disjoint actors, the weights move through the "
+        "Ray object store after each optimize; 'colocated': each learner rank also generates with its own replica "
+        "(k1.5's hybrid deployment; needs rollout_workers == learners), so no weights move.",
+    )
+    cpus_per_actor: float = Field(
+        0.5, gt=0, description="Ray CPU request of each actor (fractional requests let several share a core).",
+    )
+    gpus_per_actor: float = Field(0.0, ge=0, description="Ray GPU request of each actor; 1 on a GPU cluster.")
+    threads_per_actor: int = Field(1, ge=1, description="torch CPU threads inside each actor.")
+    network_interface: str | None = Field(
+        None, description="Network interface torch.distributed (gloo) binds to, e.g. 'eth0'; None: 'lo' on a Ray "
+        "instance the run starts itself (one machine), gloo's own choice on a cluster (run.ray_address).",
+    )
+    bucket_mb: int = Field(256, ge=1, description="Weight sync: parameters are packed into buffers of this size.")
+    verify_sync: bool = Field(
+        True, description="After each weight sync, compare every worker's weight digest with the learners' "
+        "(hashes all weights on each side: for a large model, seconds per sync).",
+    )
+    call_timeout: float = Field(
+        600.0, gt=0, description="Seconds a Ray call (a generate, an optimize, a weight load) may take before its "
+        "actor counts as hung: a rollout worker is replaced and its requests re-queued, a learner ends the run.",
+    )
+    collective_timeout: float = Field(
+        60.0, gt=0, description="Seconds a torch.distributed collective may wait for the other ranks.",
+    )
+    max_restarts: int = Field(
+        3, ge=0, description="Replacements of failed rollout workers allowed per run before it stops.",
+    )
+
+    @model_validator(mode="after")
+    def _colocated_pairs(self) -> DistributedConfig:
+        if self.placement == "colocated" and self.rollout_workers != self.learners:
+            raise ValueError(f"placement=colocated runs one engine per learner rank: set rollout_workers "
+                             f"({self.rollout_workers}) equal to learners ({self.learners})")
+        return self

@@ -1,0 +1,123 @@
+"""What runs inside one Ray actor: a policy replica that generates, trains as a learner rank, or both.
+
+A plain class (Ray wraps it with `ray.remote` in `mirrorl.distributed.cluster`), so it can be
+tested and read without Ray. One replica per actor; the same class serves the three roles:
+  - rollout worker: the engine over the replica; `load_weights` installs a published version;
+  - learner rank: `join` sets up torch.distributed and a data-parallel `LocalTrainer`;
+  - both (colocated placement): the engine runs the learner's own parameters, nothing moves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from mirrorl.config import Config
+from mirrorl.distributed.weights import Slot, digest, pack, unpack
+from mirrorl.rollout.engine import Engine
+from mirrorl.train.trainer import LocalTrainer, StepShare
+from mirrorl.types import GenerateResult, Request, SamplingParams, TrainBatch
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for torch.distributed's rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+class PolicyActor:
+    """One policy replica in its own process."""
+
+    def __init__(self, config: dict[str, Any], policy: str) -> None:
+        from transformers.utils import logging as hf_logging
+
+        from mirrorl.recipes import open_policy, seed_everything  # the recipes import the whole runtime
+
+        hf_logging.disable_progress_bar()  # N actors' loading bars would bury the driver's output
+        cfg = Config.model_validate(config)
+        torch.set_num_threads(cfg.distributed.threads_per_actor)
+        seed_everything(cfg.run.seed)
+        self.cfg = cfg
+        self.model, self.tokenizer = open_policy(cfg, policy)
+        self.model.eval()
+        self.engine = Engine(self.model, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+        self.trainer: LocalTrainer | None = None
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    # learner rank
+
+    def rendezvous(self) -> tuple[str, int]:
+        """Address and a free port on this actor's machine: rank 0's, for the group's TCP store."""
+        import ray
+
+        interface = self.cfg.distributed.network_interface
+        return ("127.0.0.1" if interface == "lo" else ray.util.get_node_ip_address()), free_port()
+
+    def join(self, rank: int, world: int, address: str, port: int, interface: str | None) -> None:
+        """Become rank `rank` of the learner group (gloo on CPU, NCCL on CUDA)."""
+        if interface:
+            os.environ["GLOO_SOCKET_IFNAME"] = interface
+            os.environ["NCCL_SOCKET_IFNAME"] = interface
+        backend = "nccl" if self.model.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world,
+                                timeout=timedelta(seconds=self.cfg.distributed.collective_timeout))
+        self.trainer = LocalTrainer.from_config(self.model, self.tokenizer, self.cfg, distributed=world > 1)
+
+    def train_share(self, batch: TrainBatch, lr: float) -> StepShare:
+        assert self.trainer is not None
+        return self.trainer.train_share(batch, lr)
+
+    def reset_optimizer(self) -> None:
+        assert self.trainer is not None
+        self.trainer.reset_optimizer()
+
+    def save(self, directory: str) -> None:
+        assert self.trainer is not None
+        self.trainer.save(Path(directory))
+
+    def export(self, directory: str) -> None:
+        assert self.trainer is not None
+        self.trainer.export(Path(directory))
+
+    def load_optimizer(self, directory: str) -> None:
+        assert self.trainer is not None
+        self.trainer.load_optimizer(Path(directory))
+
+    def publish(self) -> tuple[list[Slot], list[np.ndarray]]:
+        """The replica's weights as a weight-sync payload (Ray stores the two return values apart)."""
+        return pack(self.model.state_dict(), self.cfg.distributed.bucket_mb << 20)
+
+    # rollout worker
+
+    def load_weights(self, version: int, slots: list[Slot], buckets: list[np.ndarray]) -> str:
+        """Generate with the published weights from now on, as `version`; returns their digest."""
+        self.model.load_state_dict(unpack(slots, buckets))
+        self.engine.update_weights(version, {})
+        return self.digest()
+
+    def set_version(self, version: int) -> None:
+        """Colocated: the engine runs the learner's parameters; only the version changes."""
+        self.engine.update_weights(version, {})
+
+    def digest(self) -> str:
+        return digest(self.model.state_dict())
+
+    def generate(self, requests: list[Request], params: SamplingParams, seed: int) -> GenerateResult:
+        """The engine's result, with the seconds it took (for the worker's throughput)."""
+        began = time.perf_counter()
+        result = self.engine.generate(requests, params, seed)
+        if self.model.device.type == "cuda":  # colocated: give the KV cache's memory back before training
+            torch.cuda.empty_cache()
+        return dataclasses.replace(result, metrics={"seconds": time.perf_counter() - began})

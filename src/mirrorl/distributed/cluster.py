@@ -1,0 +1,288 @@
+"""The driver's side of a Ray run: the actors, the learner group and the rollout workers.
+
+Every Ray call is bounded by `distributed.call_timeout`, every collective by
+`distributed.collective_timeout`, so nothing waits forever:
+  - a learner rank that dies or hangs ends the run with a `BackendError` naming it, as soon as the
+    driver sees it (the other ranks are killed with the rest); checkpoints already written stay;
+  - a rollout worker that dies or hangs is killed, replaced by a new actor that loads the current
+    weights, and its share of the call is re-run with the same seed: every request is answered
+    exactly once, as the dead worker would have answered it. At most `distributed.max_restarts`
+    replacements per run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+from torch import Tensor
+
+from mirrorl.config import Config
+from mirrorl.distributed import BackendError
+from mirrorl.distributed.actor import PolicyActor
+from mirrorl.distributed.weights import Slot, pack, unpack
+from mirrorl.train.metrics import console
+from mirrorl.train.trainer import combine
+from mirrorl.types import GenerateResult, Request, SamplingParams, StepMetrics, TrainBatch
+
+Actor = Any  # a Ray actor handle of PolicyActor
+
+
+@dataclass
+class Failure:
+    why: str  # "died (...)", "gave no answer within N s"
+
+
+def gather(refs: Sequence[ray.ObjectRef], timeout: float, stop: Callable[[int, Failure], None] | None = None
+           ) -> list[Any]:
+    """The results of `refs` in order, as they come; a call whose actor died, or that has not
+    answered `timeout` seconds from now, gives a `Failure` (or `stop(index, failure)` at once).
+    An exception raised inside a call (a bug, bad input) propagates as it is."""
+    index = {ref: i for i, ref in enumerate(refs)}
+    results: list[Any] = [None] * len(refs)
+    pending, deadline = list(refs), time.monotonic() + timeout
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        for ref in ready:
+            try:
+                results[index[ref]] = ray.get(ref)
+            except RayActorError as err:
+                failure = Failure(f"died ({_first_line(err)})")
+                if stop is not None:
+                    stop(index[ref], failure)
+                results[index[ref]] = failure
+    for ref in pending:
+        failure = Failure(f"gave no answer within {timeout:.0f} s")
+        if stop is not None:
+            stop(index[ref], failure)
+        results[index[ref]] = failure
+    return results
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+class PublishedWeights(Mapping[str, Tensor]):
+    """One weight version in the object store: the slot list here, the buffers behind a reference
+    that workers resolve themselves (the driver never copies them). A Mapping for any other generator."""
+
+    def __init__(self, slots: list[Slot], buckets: ray.ObjectRef, digest: str | None) -> None:
+        self.slots, self.buckets, self.digest = slots, buckets, digest
+        self.nbytes = sum(slot.nbytes for slot in slots)
+        self._state: dict[str, Tensor] | None = None
+
+    @classmethod
+    def put(cls, state: Mapping[str, Tensor], bucket_bytes: int) -> PublishedWeights:
+        slots, buckets = pack(state, bucket_bytes)
+        return cls(slots, ray.put(buckets), None)
+
+    def _materialized(self) -> dict[str, Tensor]:
+        if self._state is None:
+            self._state = unpack(self.slots, ray.get(self.buckets))
+        return self._state
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._materialized()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return (slot.name for slot in self.slots)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+
+class LearnerGroup:
+    """The `mirrorl.types.Trainer` of M learner ranks, each a Ray actor, training with DDP."""
+
+    def __init__(self, actors: list[Actor], cfg: Config) -> None:
+        self.actors, self.timeout, self.verify = actors, cfg.distributed.call_timeout, cfg.distributed.verify_sync
+
+    def _all(self, method: str, *args: Any, ranks: int | None = None) -> list[Any]:
+        """`method(*args)` on every rank (or the first `ranks`); a rank that fails ends the run at once."""
+        def fail(rank: int, failure: Failure) -> None:
+            raise BackendError(f"learner rank {rank} of {len(self.actors)} {failure.why} during {method}")
+
+        actors = self.actors[:ranks]
+        return gather([getattr(actor, method).remote(*args) for actor in actors], self.timeout, fail)
+
+    def join(self, interface: str | None) -> None:
+        """Form the torch.distributed group (rank 0's machine holds the rendezvous)."""
+        [(address, port)] = self._all("rendezvous", ranks=1)
+        calls = [actor.join.remote(rank, len(self.actors), address, port, interface)
+                 for rank, actor in enumerate(self.actors)]
+        gather(calls, self.timeout, lambda rank, f: _raise(f"learner rank {rank} {f.why} while joining the group"))
+
+    def train_step(self, batch: TrainBatch, lr: float) -> StepMetrics:
+        return combine(self._all("train_share", ray.put(batch), lr))
+
+    def reset_optimizer(self) -> None:
+        self._all("reset_optimizer")
+
+    def state_dict(self) -> PublishedWeights:
+        """Rank 0 publishes its weights (all ranks hold the same after a DDP step)."""
+        slots, buckets = self.actors[0].publish.options(num_returns=2).remote()
+        [slot_list] = gather([slots], self.timeout, lambda _, f: _raise(f"learner rank 0 {f.why} during publish"))
+        return PublishedWeights(slot_list, buckets, self.digests()[0] if self.verify else None)
+
+    def digests(self) -> list[str]:
+        """Every rank's weight digest."""
+        return self._all("digest")
+
+    def save(self, directory: Path) -> None:
+        """Rank 0 writes the checkpoint (on a cluster, `run.output_dir` must be shared storage)."""
+        self._all("save", str(directory), ranks=1)
+
+    def export(self, directory: Path) -> None:
+        self._all("export", str(directory), ranks=1)
+
+    def load_optimizer(self, directory: Path) -> None:
+        self._all("load_optimizer", str(directory))
+
+
+def _raise(message: str) -> None:
+    raise BackendError(message)
+
+
+def _shard_seed(seed: int, shard: int) -> int:
+    return (seed * 1_000_003 + shard) % (1 << 63)
+
+
+class RolloutWorkers:
+    """The `mirrorl.types.Generator` of N rollout workers, each a Ray actor with its own engine.
+
+    `spawn` makes a replacement worker; None when the workers are the learner ranks themselves
+    (colocated), where the engines already run the trained parameters and a dead one is a dead learner.
+    """
+
+    def __init__(self, actors: list[Actor], spawn: Callable[[], Actor] | None, cfg: Config) -> None:
+        self.actors, self.spawn = list(actors), spawn
+        self.timeout, self.restarts_left = cfg.distributed.call_timeout, cfg.distributed.max_restarts
+        self.bucket_bytes = cfg.distributed.bucket_mb << 20
+        self.version, self.weights = 0, None
+        self.sync: dict[str, float] = {}  # the last sync's figures, reported with the next generate
+
+    def update_weights(self, version: int, state: Mapping[str, Tensor]) -> None:
+        """Every worker loads `state` as `version` and its digest is checked against the learners'."""
+        self.version = version
+        if self.spawn is None:  # colocated
+            self._each(lambda actor: actor.set_version.remote(version), "set the weight version")
+            return
+        self.weights = state if isinstance(state, PublishedWeights) else PublishedWeights.put(state, self.bucket_bytes)
+        began = time.perf_counter()
+        digests = self._each(self._load, "load weights")
+        self.sync = {"sync_bytes": float(self.weights.nbytes * len(self.actors)),
+                     "time_weight_load": time.perf_counter() - began}
+        expected = self.weights.digest
+        wrong = [index for index, found in enumerate(digests) if expected is not None and found != expected]
+        if wrong:
+            raise BackendError(f"weight sync of version {version}: rollout worker {wrong[0]} holds other weights "
+                               f"than the learners (digest {digests[wrong[0]]} != {expected})")
+
+    def _load(self, actor: Actor) -> ray.ObjectRef:
+        assert self.weights is not None
+        return actor.load_weights.remote(self.version, self.weights.slots, self.weights.buckets)
+
+    def _each(self, call: Callable[[Actor], ray.ObjectRef], what: str) -> list[Any]:
+        """`call` on every worker; a failed worker is replaced (and, being new, loads the weights again)."""
+        todo, results = list(range(len(self.actors))), [None] * len(self.actors)
+        while todo:
+            outcomes = gather([call(self.actors[index]) for index in todo], self.timeout)
+            for index, outcome in zip(todo, outcomes):
+                results[index] = outcome
+            todo = [index for index, outcome in zip(todo, outcomes) if isinstance(outcome, Failure)]
+            for index in todo:
+                self._replace(index, results[index].why, what)
+        return results
+
+    def _replace(self, index: int, why: str, what: str) -> None:
+        if self.spawn is None:
+            raise BackendError(f"rollout worker {index} (learner rank {index}) {why} while asked to {what}")
+        if self.restarts_left == 0:
+            raise BackendError(f"rollout worker {index} {why} while asked to {what}, and no replacement is left "
+                               "(distributed.max_restarts)")
+        self.restarts_left -= 1
+        ray.kill(self.actors[index], no_restart=True)
+        self.actors[index] = self.spawn()
+        if self.weights is not None:
+            [digest] = gather([self._load(self.actors[index])], self.timeout)
+            if isinstance(digest, Failure):
+                raise BackendError(f"the replacement of rollout worker {index} {digest.why} while loading weights")
+        console.print(f"rollout worker {index} {why} while asked to {what}: replaced, its requests re-queued")
+
+    def generate(self, requests: Sequence[Request], params: SamplingParams, seed: int) -> GenerateResult:
+        """Requests sorted by length and dealt round-robin, so each worker gets as many of each length;
+        worker w's share is seeded by (seed, w), whichever actor runs it."""
+        order = sorted(range(len(requests)), key=lambda j: len(requests[j].prompt_ids) + len(requests[j].prefix_ids))
+        shares = [order[w :: len(self.actors)] for w in range(len(self.actors))]
+        results = self._each_share(shares, requests, params, seed)
+        completions: list[Any] = [None] * len(requests)
+        for share, result in zip(shares, results):
+            if result.weight_version != self.version:
+                raise BackendError(f"a rollout worker generated with weight version {result.weight_version}, "
+                                   f"expected {self.version}")
+            for j, completion in zip(share, result.completions, strict=True):
+                completions[j] = completion
+        metrics = dict(self.sync)
+        for w, result in enumerate(results):
+            metrics[f"worker{w}_tokens_per_second"] = result.new_tokens / max(1e-9, result.metrics["seconds"])
+            metrics[f"worker{w}_idle_fraction"] = result.idle_fraction
+        self.sync = {}
+        return GenerateResult(completions, self.version, new_tokens=sum(r.new_tokens for r in results),
+                              idle_fraction=sum(r.idle_fraction for r in results) / len(results), metrics=metrics)
+
+    def _each_share(self, shares: list[list[int]], requests: Sequence[Request], params: SamplingParams,
+                    seed: int) -> list[GenerateResult]:
+        def call(w: int) -> ray.ObjectRef:
+            return self.actors[w].generate.remote([requests[j] for j in shares[w]], params, _shard_seed(seed, w))
+
+        todo, results = list(range(len(shares))), [None] * len(shares)
+        while todo:
+            outcomes = gather([call(w) for w in todo], self.timeout)
+            for w, outcome in zip(todo, outcomes):
+                results[w] = outcome
+            todo = [w for w, outcome in zip(todo, outcomes) if isinstance(outcome, Failure)]
+            for w in todo:
+                self._replace(w, results[w].why, f"generate {len(shares[w])} requests")
+        return results
+
+
+@contextmanager
+def ray_cluster(cfg: Config, policy: str) -> Iterator[tuple[LearnerGroup, RolloutWorkers]]:
+    """Start the actors of `cfg.distributed` with the policy at `policy`; kill them on the way out.
+
+    Connects to `run.ray_address` or starts a Ray instance on this machine (and stops it after);
+    a Ray instance already initialised in this process (tests) is used as it is.
+    """
+    settings = cfg.distributed
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=cfg.run.ray_address, include_dashboard=False, configure_logging=False)
+    interface = settings.network_interface or ("lo" if cfg.run.ray_address is None else None)
+    config = cfg.model_copy(update={"distributed": settings.model_copy(update={"network_interface": interface})})
+    remote = ray.remote(PolicyActor).options(num_cpus=settings.cpus_per_actor, num_gpus=settings.gpus_per_actor,
+                                             max_restarts=0, max_task_retries=0)
+    payload = config.model_dump(mode="json")
+    spawn = lambda: remote.remote(payload, policy)
+    learners = [spawn() for _ in range(settings.learners)]
+    colocated = settings.placement == "colocated"
+    workers = learners if colocated else [spawn() for _ in range(settings.rollout_workers)]
+    generator = RolloutWorkers(workers, None if colocated else spawn, config)
+    try:
+        group = LearnerGroup(learners, config)
+        group.join(interface)
+        yield group, generator
+    finally:
+        for actor in learners + ([] if colocated else generator.actors):
+            ray.kill(actor, no_restart=True)
+        if started:
+            ray.shutdown()
