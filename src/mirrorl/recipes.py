@@ -148,7 +148,9 @@ def run_sft(cfg: Config, start: Start = "new") -> Path:
 
 def run_rl(cfg: Config, start: Start = "new") -> Path:
     """RL from `rl.init_from`, else the run's SFT output, else `model.path`; returns the saved policy."""
-    reward = GuardedReward(get_reward(cfg.rl.reward, cfg.rewards))  # a misspelt reward fails before any work
+    # built before any work, so a misspelt reward fails at once; a reward pool builds it on its own machines
+    pooled = cfg.run.backend == "ray" and cfg.distributed.reward_workers > 0
+    reward = None if pooled else GuardedReward(get_reward(cfg.rl.reward, cfg.rewards))
     out = prepare(cfg)
     resume = _phase_start(cfg, "rl", start, cfg.rl.iterations)
     if resume is not None:
@@ -175,21 +177,23 @@ def run_rl(cfg: Config, start: Start = "new") -> Path:
     return final
 
 
-def _run_rl_on_ray(cfg: Config, start: Start, resume: Checkpoint | None, policy: str, reward: GuardedReward,
-                   problems: list) -> RLResult:
-    """The same loop with rollout workers and a learner group as Ray actors (`mirrorl.distributed`)."""
+def _run_rl_on_ray(cfg: Config, start: Start, resume: Checkpoint | None, policy: str,
+                   reward: GuardedReward | None, problems: list) -> RLResult:
+    """The same loop with rollout workers and a learner group as Ray actors (`mirrorl.distributed`);
+    `reward` None: scored by the cluster's reward pool."""
     try:
         from mirrorl.distributed.cluster import ray_cluster
     except ImportError as err:
         raise ValueError(f"run.backend=ray needs Ray ({err.name} is missing): pip install 'mirrorl[ray]'") from None
     tokenizer = load_tokenizer(policy)
-    checkpointing, logger = _begin(cfg, "rl", start, resume, cfg.rl.save_every, tokenizer)
-    try:
-        with ray_cluster(cfg, policy) as (trainer, generator):
-            result = train_rl(trainer, generator, reward, tokenizer, problems, cfg, logger, checkpointing)
-            trainer.export(cfg.run.output_dir / "rl" / "final")
-    finally:
-        logger.close()
+    with ray_cluster(cfg, policy) as run:
+        checkpointing, logger = _begin(cfg, "rl", start, resume, cfg.rl.save_every, tokenizer)
+        try:
+            result = train_rl(run.trainer, run.generator, reward or GuardedReward(run.reward), tokenizer, problems,
+                              cfg, logger, checkpointing)
+        finally:
+            logger.close()
+        run.trainer.export(cfg.run.output_dir / "rl" / "final")
     return result
 
 

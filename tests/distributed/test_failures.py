@@ -57,11 +57,18 @@ def test_a_killed_driver_resumes_to_the_weights_of_an_uninterrupted_distributed_
     """`mirrorl rl` on Ray in a subprocess, SIGKILLed after iteration 4 optimized (checkpoint 3 kept),
     then resumed: the final weights, metrics and state equal those of an uninterrupted run, to the bit."""
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    assert Child([*rl_overrides(tiny_policy_dir, whole, 6), *RAY], tmp_path / "whole.log").finish(300) == 0
+    reference = Child([*rl_overrides(tiny_policy_dir, whole, 6), *RAY], tmp_path / "whole.log")  # its own Ray
     args = [*rl_overrides(tiny_policy_dir, cut, 6), *RAY]
     child = Child(args, tmp_path / "cut.log", pause_at="log:4")
-    child.wait_for("paused log:4", timeout=300)
-    child.kill()
-    assert find_latest(cut / "checkpoints" / "rl").step == 3
-    assert Child([*args, "--resume"], tmp_path / "resumed.log").finish(300) == 0
+    try:
+        child.wait_for("paused log:4", timeout=300)
+        child.kill()
+        assert find_latest(cut / "checkpoints" / "rl").step == 3
+        child = Child([*args, "--resume"], tmp_path / "resumed.log")
+        assert child.finish(300) == 0, (tmp_path / "resumed.log").read_text()[-2000:]
+        assert reference.finish(300) == 0, (tmp_path / "whole.log").read_text()[-2000:]
+    finally:
+        for proc in (reference.proc, child.proc):
+            if proc.poll() is None:
+                proc.kill()
     assert_same_run(whole, cut, "rl")

@@ -37,7 +37,8 @@ def test_two_ddp_ranks_give_the_weights_of_one_process(tmp_path, tiny_policy_dir
 
     cfg = load_config(None, [*SETTINGS, "run.backend=ray", "distributed.learners=2", "distributed.rollout_workers=2",
                              "distributed.placement=colocated"])
-    with ray_cluster(cfg, str(tiny_policy_dir)) as (group, _):
+    with ray_cluster(cfg, str(tiny_policy_dir)) as run:
+        group = run.trainer
         _run(tmp_path, group, tokenizer, cfg, "ddp")
         weights = dict(group.state_dict())
         assert len(set(group.digests())) == 1  # the ranks agree

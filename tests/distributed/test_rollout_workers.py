@@ -1,11 +1,13 @@
 """Rollout workers on Ray: versioned weight sync checked by digest, and a worker killed mid-call."""
 
+import dataclasses
 import json
 import os
 import signal
 import threading
 import time
 
+import pytest
 import ray
 import torch
 
@@ -23,20 +25,27 @@ SEPARATE = ["run.backend=ray", "distributed.learners=2", "distributed.rollout_wo
             "rl.problems_per_iteration=3", "algo.num_samples=4", "rl.lr=1e-3", "run.tensorboard=false"]
 
 
-def test_workers_load_each_version_the_learners_publish(tmp_path, tiny_policy_dir, local_ray):
+@pytest.fixture(scope="module")
+def cluster(tiny_policy_dir, local_ray):
+    """2 learner ranks and 2 rollout workers, shared by this module's tests (starting actors costs seconds)."""
     cfg = load_config(None, [*SEPARATE, "rl.iterations=3"])
+    with ray_cluster(cfg, str(tiny_policy_dir)) as run:
+        yield cfg, run
+
+
+def test_workers_load_each_version_the_learners_publish(tmp_path, tiny_policy_dir, cluster):
+    cfg, run = cluster
+    group, workers = run.trainer, run.generator
     tokenizer = load_tokenizer(str(tiny_policy_dir))
     logger = MetricsLogger(tmp_path, "rl", tensorboard=False)
-    with ray_cluster(cfg, str(tiny_policy_dir)) as (group, workers):
-        train_rl(group, workers, GuardedReward(get_reward("chain_sum")), tokenizer, make_split(30, seed=5), cfg,
-                 logger)
-        learners = group.digests()
-        assert learners[0] == learners[1]
-        stale = ray.get([actor.digest.remote() for actor in workers.actors])
-        assert all(digest != learners[0] for digest in stale)  # the workers hold the version before the last step
-        workers.update_weights(3, group.state_dict())
-        assert ray.get([actor.digest.remote() for actor in workers.actors]) == learners
+    train_rl(group, workers, GuardedReward(get_reward("chain_sum")), tokenizer, make_split(30, seed=5), cfg, logger)
     logger.close()
+    learners = group.digests()
+    assert learners[0] == learners[1]
+    stale = ray.get([actor.digest.remote() for actor in workers.actors])
+    assert all(digest != learners[0] for digest in stale)  # the workers hold the version before the last step
+    workers.update_weights(3, group.state_dict())
+    assert ray.get([actor.digest.remote() for actor in workers.actors]) == learners
     rows = [json.loads(line) for line in (tmp_path / "rl_metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3
     for row in rows:
@@ -45,30 +54,29 @@ def test_workers_load_each_version_the_learners_publish(tmp_path, tiny_policy_di
         assert row["logprob_gap"] < 1e-4  # the workers' log pi_i and the learners' agree: same weights
 
 
-def test_a_worker_killed_mid_call_is_replaced_and_every_request_answered_once(tiny_policy_dir, local_ray):
-    cfg = load_config(None, [*SEPARATE, "distributed.learners=1", "rollout.max_new_tokens=96",
-                                     "rollout.repeat.enabled=false"])
+def test_a_worker_killed_mid_call_is_replaced_and_every_request_answered_once(tiny_policy_dir, cluster):
+    cfg, run = cluster
+    workers = run.generator
     tokenizer = load_tokenizer(str(tiny_policy_dir))
-    prompts = [tokenizer(f"a={i % 10} b={i % 7}. sum a-b?")["input_ids"] for i in range(96)]
+    prompts = [tokenizer(f"a={i % 10} b={i % 7}. sum a-b?")["input_ids"] for i in range(384)]
     requests = [Request(prompt) for prompt in prompts]
-    params = cfg.rollout.params()
-    with ray_cluster(cfg, str(tiny_policy_dir)) as (group, workers):
-        workers.update_weights(0, group.state_dict())
-        calm = workers.generate(requests, params, seed=7)
-        victim = ray.get(workers.actors[0].pid.remote())
-        killed_at = []
+    params = dataclasses.replace(cfg.rollout.params(max_new_tokens=100), repeat=None)  # long calls: time to kill
+    calm = workers.generate(requests, params, seed=7)
+    victim = ray.get(workers.actors[0].pid.remote())
+    restarts = workers.restarts_left
+    killed_at = []
 
-        def kill() -> None:
-            time.sleep(0.3)
-            os.kill(victim, signal.SIGKILL)
-            killed_at.append(time.monotonic())
+    def kill() -> None:
+        time.sleep(0.3)
+        os.kill(victim, signal.SIGKILL)
+        killed_at.append(time.monotonic())
 
-        threading.Thread(target=kill).start()
-        rough = workers.generate(requests, params, seed=7)
-        returned_at = time.monotonic()
-        assert killed_at and killed_at[0] < returned_at
-        assert workers.restarts_left == cfg.distributed.max_restarts - 1
-        assert ray.get(workers.actors[0].pid.remote()) != victim
+    threading.Thread(target=kill).start()
+    rough = workers.generate(requests, params, seed=7)
+    returned_at = time.monotonic()
+    assert killed_at and killed_at[0] < returned_at
+    assert workers.restarts_left == restarts - 1
+    assert ray.get(workers.actors[0].pid.remote()) != victim
     # the replacement re-ran the dead worker's share with its seed: the same answers, each once
     assert [c.token_ids for c in rough.completions] == [c.token_ids for c in calm.completions]
     assert all(torch.tensor(c.logprobs).allclose(torch.tensor(d.logprobs))

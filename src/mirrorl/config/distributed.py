@@ -19,6 +19,10 @@ class DistributedConfig(Section):
         "Ray object store after each optimize; 'colocated': each learner rank also generates with its own replica "
         "(k1.5's hybrid deployment; needs rollout_workers == learners), so no weights move.",
     )
+    reward_workers: int = Field(
+        0, ge=0, description="Score rewards in a pool of this many Ray actors (on any machine of the cluster, each "
+        "building the reward there); 0 scores in the driver.",
+    )
     cpus_per_actor: float = Field(
         0.5, gt=0, description="Ray CPU request of each actor (fractional requests let several share a core).",
     )

@@ -56,6 +56,11 @@ class PolicyActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def node(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     # learner rank
 
     def rendezvous(self) -> tuple[str, int]:

@@ -27,6 +27,7 @@ from mirrorl.config import Config
 from mirrorl.distributed import BackendError
 from mirrorl.distributed.actor import PolicyActor
 from mirrorl.distributed.weights import Slot, pack, unpack
+from mirrorl.rewards.batch import BatchFirst
 from mirrorl.train.metrics import console
 from mirrorl.train.trainer import combine
 from mirrorl.types import GenerateResult, Request, SamplingParams, StepMetrics, TrainBatch
@@ -256,8 +257,15 @@ class RolloutWorkers:
         return results
 
 
+@dataclass
+class RayRun:
+    trainer: LearnerGroup
+    generator: RolloutWorkers
+    reward: BatchFirst | None  # the reward pool; None when rewards are scored in the driver
+
+
 @contextmanager
-def ray_cluster(cfg: Config, policy: str) -> Iterator[tuple[LearnerGroup, RolloutWorkers]]:
+def ray_cluster(cfg: Config, policy: str) -> Iterator[RayRun]:
     """Start the actors of `cfg.distributed` with the policy at `policy`; kill them on the way out.
 
     Connects to `run.ray_address` or starts a Ray instance on this machine (and stops it after);
@@ -269,20 +277,29 @@ def ray_cluster(cfg: Config, policy: str) -> Iterator[tuple[LearnerGroup, Rollou
         ray.init(address=cfg.run.ray_address, include_dashboard=False, configure_logging=False)
     interface = settings.network_interface or ("lo" if cfg.run.ray_address is None else None)
     config = cfg.model_copy(update={"distributed": settings.model_copy(update={"network_interface": interface})})
+    # SPREAD: replicas over as many machines as have room, rather than packed onto the first
     remote = ray.remote(PolicyActor).options(num_cpus=settings.cpus_per_actor, num_gpus=settings.gpus_per_actor,
-                                             max_restarts=0, max_task_retries=0)
+                                             max_restarts=0, max_task_retries=0, scheduling_strategy="SPREAD")
     payload = config.model_dump(mode="json")
     spawn = lambda: remote.remote(payload, policy)
     learners = [spawn() for _ in range(settings.learners)]
     colocated = settings.placement == "colocated"
     workers = learners if colocated else [spawn() for _ in range(settings.rollout_workers)]
     generator = RolloutWorkers(workers, None if colocated else spawn, config)
+    pool = None
     try:
+        if settings.reward_workers:
+            from mirrorl.distributed.rewards import RewardPool
+
+            pool = RewardPool(config)
         group = LearnerGroup(learners, config)
         group.join(interface)
-        yield group, generator
+        nodes = gather([actor.node.remote() for actor in learners + generator.actors], settings.call_timeout)
+        console.print(f"ray: {len(learners)} learner ranks and {len(generator.actors)} rollout workers "
+                      f"({settings.placement}) on {len(set(nodes))} node(s)")
+        yield RayRun(group, generator, pool)
     finally:
-        for actor in learners + ([] if colocated else generator.actors):
+        for actor in learners + ([] if colocated else generator.actors) + (pool.actors if pool else []):
             ray.kill(actor, no_restart=True)
         if started:
             ray.shutdown()

@@ -225,7 +225,7 @@ class LocalTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         shares = [self.share(rows, batch.group_ids) for rows in batch.minibatches]
-        mine = torch.cat(shares)
+        mine = torch.cat(shares).sort().values
         ref = self.reference_logprobs(batch, mine)  # [N, T-1]
         weights = None  # off-policy correction of partial rollouts' older segments
         if self.correct_off_policy and batch.older.any():
@@ -269,6 +269,6 @@ class LocalTrainer:
         (DDP averages the ranks' gradients): count * ranks / the ranks' total count; 1 in one process."""
         if self.world == 1:
             return 1.0
-        total = torch.tensor([count], dtype=torch.float64)
+        total = torch.tensor([count], dtype=torch.float64, device=self.device)  # NCCL reduces device tensors
         dist.all_reduce(total)
         return count * self.world / float(total) if float(total) > 0 else 0.0
