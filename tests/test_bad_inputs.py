@@ -120,8 +120,8 @@ CASES = {
     "eval_without_model": (["eval"], 2, "eval needs a model: set eval.checkpoint=DIR (or model.path=DIR)"),
     # rewards
     "unknown_reward": (["rl", "rl.reward=chain_summ"], 2,
-                       "rl.reward='chain_summ': not a registered reward (chain_sum, code, math, cot_rm, value_rm) "
-                       "nor 'module:function'"),
+                       "rl.reward='chain_summ': not a registered reward (chain_sum, code, code_unprotected, math, "
+                       "cot_rm, value_rm) nor 'module:function'"),
     "reward_module_not_importable": (["rl", "rl.reward=no_such_module:score"], 2,
                                      "rl.reward='no_such_module:score': cannot import it (No module named "
                                      "'no_such_module')"),
@@ -162,7 +162,7 @@ CASES = {
     "sandbox_negative_limit": (["sandbox", "run", "{tmp}/solution.py", "{tmp}/tests.json", "--wall-seconds", "-1"], 2,
                                "sandbox limit wall_seconds=-1.0: Input should be greater than 0"),
     "sandbox_unknown_backend": (["sandbox", "run", "{tmp}/solution.py", "{tmp}/tests.json", "--backend", "docker"], 2,
-                                "--backend 'docker': expected auto, bubblewrap or none"),
+                                "--backend 'docker': expected bubblewrap or none ('auto' means bubblewrap)"),
 }
 
 

@@ -47,6 +47,10 @@ def _resume_command(name: str, kwargs: dict[str, Any]) -> str:
     return shlex.join([*parts, *(kwargs.get("overrides") or []), "--resume"])
 
 
+SANDBOX_BACKEND_HELP = ("Sandbox: bubblewrap (refuses to run programs without it) or none (unprotected, on purpose); "
+                        "'auto' means bubblewrap.")
+
+
 def _fail(message: str, code: int) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code)
@@ -168,7 +172,7 @@ def sandbox_run(
     cpu_seconds: Annotated[int | None, typer.Option(help="CPU-time limit per test.")] = None,
     memory_mb: Annotated[int | None, typer.Option(help="Address-space limit per process, MiB.")] = None,
     float_tolerance: Annotated[float | None, typer.Option(help="Accept numbers within this abs/rel error.")] = None,
-    backend: Annotated[str, typer.Option(help="auto, bubblewrap or none.")] = "auto",
+    backend: Annotated[str, typer.Option(help=SANDBOX_BACKEND_HELP)] = "bubblewrap",
 ) -> None:
     """Run a program against test cases in the sandbox and print the verdict as JSON."""
     from pydantic import ValidationError
@@ -176,7 +180,7 @@ def sandbox_run(
     from mirrorl.rewards.sandbox import Limits, run_cli
 
     if backend not in ("auto", "bubblewrap", "none"):
-        raise ValueError(f"--backend {backend!r}: expected auto, bubblewrap or none")
+        raise ValueError(f"--backend {backend!r}: expected bubblewrap or none ('auto' means bubblewrap)")
     given = {"wall_seconds": wall_seconds, "cpu_seconds": cpu_seconds,
              "memory_bytes": None if memory_mb is None else memory_mb << 20}
     try:
@@ -237,13 +241,13 @@ def gen_tests_command(
     max_new_tokens: Annotated[int, typer.Option(help="--model: longest generator it may write, in tokens.")] = 1024,
     temperature: Annotated[float, typer.Option(help="--model: sampling temperature; 0 is greedy.")] = 0.0,
     device: Annotated[str, typer.Option(help="--model: auto, cpu, cuda...")] = "auto",
-    backend: Annotated[str, typer.Option(help="Sandbox: auto, bubblewrap or none.")] = "auto",
+    backend: Annotated[str, typer.Option(help=SANDBOX_BACKEND_HELP)] = "bubblewrap",
 ) -> None:
     """Generate test cases for code problems: CYaRon generator, majority vote of solutions (k1.5 sec. 2.3.5)."""
     from mirrorl.rewards.testgen import gen_tests_cli
 
     if backend not in ("auto", "bubblewrap", "none"):
-        raise ValueError(f"--backend {backend!r}: expected auto, bubblewrap or none")
+        raise ValueError(f"--backend {backend!r}: expected bubblewrap or none ('auto' means bubblewrap)")
     settings = {"num_inputs": num_inputs, "num_solutions": num_solutions, "min_agree": min_agree,
                 "min_passing": min_passing, "min_tests": min_tests, "seed": seed, "num_workers": workers,
                 "limits": {"wall_seconds": wall_seconds},
