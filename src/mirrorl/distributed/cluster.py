@@ -176,11 +176,11 @@ class RolloutWorkers:
         """Every worker loads `state` as `version` and its digest is checked against the learners'."""
         self.version = version
         if self.spawn is None:  # colocated
-            self._each(lambda actor: actor.set_version.remote(version), "set the weight version")
+            self._each(lambda w: self.actors[w].set_version.remote(version), "set the weight version")
             return
         self.weights = state if isinstance(state, PublishedWeights) else PublishedWeights.put(state, self.bucket_bytes)
         began = time.perf_counter()
-        digests = self._each(self._load, "load weights")
+        digests = self._each(lambda w: self._load(self.actors[w]), "load weights")
         self.sync = {"sync_bytes": float(self.weights.nbytes * len(self.actors)),
                      "time_weight_load": time.perf_counter() - began}
         expected = self.weights.digest
@@ -193,11 +193,12 @@ class RolloutWorkers:
         assert self.weights is not None
         return actor.load_weights.remote(self.version, self.weights.slots, self.weights.buckets)
 
-    def _each(self, call: Callable[[Actor], ray.ObjectRef], what: str) -> list[Any]:
-        """`call` on every worker; a failed worker is replaced (and, being new, loads the weights again)."""
+    def _each(self, call: Callable[[int], ray.ObjectRef], what: str) -> list[Any]:
+        """`call(w)` for every worker w; a failed worker is replaced (loading the current weights) and
+        its call made again on the replacement, with the same arguments."""
         todo, results = list(range(len(self.actors))), [None] * len(self.actors)
         while todo:
-            outcomes = gather([call(self.actors[index]) for index in todo], self.timeout)
+            outcomes = gather([call(index) for index in todo], self.timeout)
             for index, outcome in zip(todo, outcomes):
                 results[index] = outcome
             todo = [index for index, outcome in zip(todo, outcomes) if isinstance(outcome, Failure)]
@@ -218,14 +219,15 @@ class RolloutWorkers:
             [digest] = gather([self._load(self.actors[index])], self.timeout)
             if isinstance(digest, Failure):
                 raise BackendError(f"the replacement of rollout worker {index} {digest.why} while loading weights")
-        console.print(f"rollout worker {index} {why} while asked to {what}: replaced, its requests re-queued")
+        console.print(f"rollout worker {index} {why} while asked to {what}: replaced, and the call made again")
 
     def generate(self, requests: Sequence[Request], params: SamplingParams, seed: int) -> GenerateResult:
         """Requests sorted by length and dealt round-robin, so each worker gets as many of each length;
         worker w's share is seeded by (seed, w), whichever actor runs it."""
         order = sorted(range(len(requests)), key=lambda j: len(requests[j].prompt_ids) + len(requests[j].prefix_ids))
         shares = [order[w :: len(self.actors)] for w in range(len(self.actors))]
-        results = self._each_share(shares, requests, params, seed)
+        results = self._each(lambda w: self.actors[w].generate.remote([requests[j] for j in shares[w]], params,
+                                                                      _shard_seed(seed, w)), "generate")
         completions: list[Any] = [None] * len(requests)
         for share, result in zip(shares, results):
             if result.weight_version != self.version:
@@ -240,21 +242,6 @@ class RolloutWorkers:
         self.sync = {}
         return GenerateResult(completions, self.version, new_tokens=sum(r.new_tokens for r in results),
                               idle_fraction=sum(r.idle_fraction for r in results) / len(results), metrics=metrics)
-
-    def _each_share(self, shares: list[list[int]], requests: Sequence[Request], params: SamplingParams,
-                    seed: int) -> list[GenerateResult]:
-        def call(w: int) -> ray.ObjectRef:
-            return self.actors[w].generate.remote([requests[j] for j in shares[w]], params, _shard_seed(seed, w))
-
-        todo, results = list(range(len(shares))), [None] * len(shares)
-        while todo:
-            outcomes = gather([call(w) for w in todo], self.timeout)
-            for w, outcome in zip(todo, outcomes):
-                results[w] = outcome
-            todo = [w for w, outcome in zip(todo, outcomes) if isinstance(outcome, Failure)]
-            for w in todo:
-                self._replace(w, results[w].why, f"generate {len(shares[w])} requests")
-        return results
 
 
 @dataclass
