@@ -58,6 +58,12 @@ def test_parse_override_reads_yaml_scalars():
          "config rl: rl.train_tokens applies to partial rollouts only: set rl.segment_budget > 0"),
         (["model.path=some/model", "model.num_layers=2"],
          "config model: model.num_layers applies to the built-in tiny model: leave model.path empty"),
+        (["distributed.learners=4"], "config: distributed.learners applies to run.backend=ray"),
+        (["run.ray_address=auto"], "config: run.ray_address applies to run.backend=ray"),
+        (["run.backend=ray", "distributed.placement=colocated", "distributed.learners=3"],
+         "config distributed: placement=colocated runs one engine per learner rank: set rollout_workers (2) equal "
+         "to learners (3)"),
+        (["run.backend=slurm"], "config run.backend='slurm': Input should be 'local' or 'ray'"),
     ],
 )
 def test_bad_values_fail_with_key_value_and_expectation(overrides, message):

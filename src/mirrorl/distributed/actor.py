@@ -80,25 +80,26 @@ class PolicyActor:
                                 timeout=timedelta(seconds=self.cfg.distributed.collective_timeout))
         self.trainer = LocalTrainer.from_config(self.model, self.tokenizer, self.cfg, distributed=world > 1)
 
+    @property
+    def learner(self) -> LocalTrainer:
+        if self.trainer is None:
+            raise RuntimeError("this actor has not joined the learner group")
+        return self.trainer
+
     def train_share(self, batch: TrainBatch, lr: float) -> StepShare:
-        assert self.trainer is not None
-        return self.trainer.train_share(batch, lr)
+        return self.learner.train_share(batch, lr)
 
     def reset_optimizer(self) -> None:
-        assert self.trainer is not None
-        self.trainer.reset_optimizer()
+        self.learner.reset_optimizer()
 
     def save(self, directory: str) -> None:
-        assert self.trainer is not None
-        self.trainer.save(Path(directory))
+        self.learner.save(Path(directory))
 
     def export(self, directory: str) -> None:
-        assert self.trainer is not None
-        self.trainer.export(Path(directory))
+        self.learner.export(Path(directory))
 
     def load_optimizer(self, directory: str) -> None:
-        assert self.trainer is not None
-        self.trainer.load_optimizer(Path(directory))
+        self.learner.load_optimizer(Path(directory))
 
     def publish(self) -> tuple[list[Slot], list[np.ndarray]]:
         """The replica's weights as a weight-sync payload (Ray stores the two return values apart)."""
