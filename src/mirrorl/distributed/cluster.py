@@ -208,7 +208,8 @@ class RolloutWorkers:
 
     def _replace(self, index: int, why: str, what: str) -> None:
         if self.spawn is None:
-            raise BackendError(f"rollout worker {index} (learner rank {index}) {why} while asked to {what}")
+            # colocated: the worker is a learner rank, and a static DDP group takes no replacement
+            raise BackendError(f"learner rank {index} of {len(self.actors)} {why} during {what}")
         if self.restarts_left == 0:
             raise BackendError(f"rollout worker {index} {why} while asked to {what}, and no replacement is left "
                                "(distributed.max_restarts)")
