@@ -1,6 +1,8 @@
 """Failures of a distributed run: a learner rank killed, the driver killed. Nothing hangs, nothing is lost."""
 
+import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -72,3 +74,16 @@ def test_a_killed_driver_resumes_to_the_weights_of_an_uninterrupted_distributed_
             if proc.poll() is None:
                 proc.kill()
     assert_same_run(whole, cut, "rl")
+
+
+def test_a_policy_the_actors_cannot_load_is_one_line_before_any_work(tiny_policy_dir, tmp_path, local_ray):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_policy_dir, broken)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "hidden_size": 2 * config["hidden_size"]}))
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["rl", f"rl.init_from={broken}", f"run.output_dir={run}", *RAY])
+    assert result.exit_code == 2, result.output
+    [message] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert message.startswith(f"error: on a Ray actor: cannot load model '{broken}'"), message
+    assert not (run / "rl_metrics.jsonl").exists()

@@ -48,10 +48,19 @@ class PolicyActor:
         torch.set_num_threads(cfg.distributed.threads_per_actor)
         seed_everything(cfg.run.seed)
         self.cfg = cfg
-        self.model, self.tokenizer = open_policy(cfg, policy)
+        self.trainer: LocalTrainer | None = None  # set by `join`
+        self.error: str | None = None
+        try:
+            self.model, self.tokenizer = open_policy(cfg, policy)
+        except ValueError as err:  # a policy this machine cannot load: reported by `ready`, raised by the driver
+            self.error = str(err)
+            return
         self.model.eval()
         self.engine = Engine(self.model, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
-        self.trainer: LocalTrainer | None = None
+
+    def ready(self) -> str | None:
+        """None when the policy loaded, else why not (one line)."""
+        return self.error
 
     def pid(self) -> int:
         return os.getpid()

@@ -280,6 +280,11 @@ def ray_cluster(cfg: Config, policy: str) -> Iterator[RayRun]:
             from mirrorl.distributed.rewards import RewardPool
 
             pool = RewardPool(config)
+        for outcome in gather([actor.ready.remote() for actor in learners + generator.actors], settings.call_timeout):
+            if isinstance(outcome, Failure):
+                raise BackendError(f"a Ray actor {outcome.why} while loading the policy")
+            if outcome is not None:
+                raise ValueError(f"on a Ray actor: {outcome}")
         group = LearnerGroup(learners, config)
         group.join(interface)
         nodes = gather([actor.node.remote() for actor in learners + generator.actors], settings.call_timeout)
