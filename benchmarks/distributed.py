@@ -3,9 +3,10 @@
 Runs `--iterations` iterations of the demo's RL loop (its problems, k, batch, sampling, loss) from
 one policy three ways, one after the other: in one process (the colocated engine and the
 in-process trainer), on Ray with separate placement (2 rollout workers, 2 learner ranks under
-DDP, the weights synced through the object store after every optimize) and on Ray colocated
-(each learner rank also generates; no weights move). Every run starts from the same policy and
-seeds. Reported per run, as means over the iterations after the first (which includes warm-up):
+DDP, the weights synced through the object store after every optimize), on Ray colocated (each
+learner rank also generates; no weights move) and on Ray separate with asynchronous rollouts
+(`distributed.max_staleness=1`: the next rollout runs during the optimize; its `time_rollout` is
+only the wait). Every run starts from the same policy and seeds. Reported per run, as means over the iterations after the first (which includes warm-up):
 seconds per iteration and its parts (weight sync, rollout, reward, optimize), bytes synced,
 tokens per second, and the sync's share of the iteration; and the ratio of each Ray run's
 iteration time to the single process's.
@@ -91,6 +92,7 @@ def main() -> None:
             "one_process": run(policy, common, work / "local"),
             "ray_separate": run(policy, [*common, *ray], work / "separate"),
             "ray_colocated": run(policy, [*common, *ray, "distributed.placement=colocated"], work / "colocated"),
+            "ray_async": run(policy, [*common, *ray, "distributed.max_staleness=1"], work / "async"),
         }
     base = results["one_process"]["time_iteration"]
     print(json.dumps({
@@ -98,6 +100,7 @@ def main() -> None:
         "iterations": args.iterations, "torch_threads_one_process": torch.get_num_threads(), **results,
         "iteration_time_ratio_separate": round(results["ray_separate"]["time_iteration"] / base, 3),
         "iteration_time_ratio_colocated": round(results["ray_colocated"]["time_iteration"] / base, 3),
+        "iteration_time_ratio_async": round(results["ray_async"]["time_iteration"] / base, 3),
     }))
 
 

@@ -137,6 +137,22 @@ class Generator(Protocol):
         ...
 
 
+class PendingGenerate(Protocol):
+    """A `generate` call under way."""
+
+    def result(self) -> GenerateResult:
+        """Wait for it; the completions in request order."""
+        ...
+
+
+class AsyncGenerator(Generator, Protocol):
+    """A generator whose calls can run while the caller does other work (rollout workers in other processes)."""
+
+    def submit(self, requests: Sequence[Request], params: SamplingParams, seed: int) -> PendingGenerate:
+        """Start `generate(requests, params, seed)` under the current weights and return at once."""
+        ...
+
+
 # Rewards
 
 

@@ -64,6 +64,9 @@ def test_parse_override_reads_yaml_scalars():
          "config distributed: placement=colocated runs one engine per learner rank: set rollout_workers (2) equal "
          "to learners (3)"),
         (["run.backend=slurm"], "config run.backend='slurm': Input should be 'local' or 'ray'"),
+        (["run.backend=ray", "distributed.placement=colocated", "distributed.max_staleness=1"],
+         "config distributed: max_staleness=1 overlaps rollout and training, which colocated actors cannot: use "
+         "placement=separate"),
     ],
 )
 def test_bad_values_fail_with_key_value_and_expectation(overrides, message):

@@ -55,12 +55,16 @@ def test_a_killed_learner_rank_ends_the_run_with_one_line_and_the_run_resumes(ti
 
 
 @pytest.mark.slow
-def test_a_killed_driver_resumes_to_the_weights_of_an_uninterrupted_distributed_run(tiny_policy_dir, tmp_path):
+@pytest.mark.parametrize("staleness", [0, 1])
+def test_a_killed_driver_resumes_to_the_weights_of_an_uninterrupted_distributed_run(tiny_policy_dir, tmp_path,
+                                                                                   staleness):
     """`mirrorl rl` on Ray in a subprocess, SIGKILLed after iteration 4 optimized (checkpoint 3 kept),
-    then resumed: the final weights, metrics and state equal those of an uninterrupted run, to the bit."""
+    then resumed: the final weights, metrics and state equal those of an uninterrupted run, to the bit.
+    With asynchronous rollouts iteration 4 trained on a rollout made during iteration 3's optimize."""
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    reference = Child([*rl_overrides(tiny_policy_dir, whole, 6), *RAY], tmp_path / "whole.log")  # its own Ray
-    args = [*rl_overrides(tiny_policy_dir, cut, 6), *RAY]
+    ray_args = [*RAY, f"distributed.max_staleness={staleness}"]
+    reference = Child([*rl_overrides(tiny_policy_dir, whole, 6), *ray_args], tmp_path / "whole.log")  # its own Ray
+    args = [*rl_overrides(tiny_policy_dir, cut, 6), *ray_args]
     child = Child(args, tmp_path / "cut.log", pause_at="log:4")
     try:
         child.wait_for("paused log:4", timeout=300)

@@ -81,3 +81,32 @@ def test_a_worker_killed_mid_call_is_replaced_and_every_request_answered_once(ti
     assert [c.token_ids for c in rough.completions] == [c.token_ids for c in calm.completions]
     assert all(torch.tensor(c.logprobs).allclose(torch.tensor(d.logprobs))
                for c, d in zip(rough.completions, calm.completions))
+
+
+def test_a_worker_killed_during_a_pending_call_answers_under_the_version_it_started_with(tiny_policy_dir, cluster):
+    cfg, run = cluster
+    workers = run.generator
+    tokenizer = load_tokenizer(str(tiny_policy_dir))
+    requests = [Request(tokenizer(f"a={i % 10} b=3. sum a-b?")["input_ids"]) for i in range(64)]
+    params = cfg.rollout.params(max_new_tokens=48)
+    workers.update_weights(7, run.trainer.state_dict())
+    calm = workers.generate(requests, params, seed=3)
+    pending = workers.submit(requests, params, seed=3)
+    os.kill(ray.get(workers.actors[1].pid.remote()), signal.SIGKILL)  # its share is re-run from scratch
+    rough = pending.result()
+    assert rough.weight_version == calm.weight_version == 7
+    assert [c.token_ids for c in rough.completions] == [c.token_ids for c in calm.completions]
+
+
+def test_asynchronous_rollouts_train_on_tokens_exactly_one_version_old(tmp_path, tiny_policy_dir, cluster):
+    """max_staleness=1: every iteration after the first trains on a rollout made under the weights
+    before its own, never older; the off-policy correction weights them."""
+    cfg, run = cluster
+    cfg = cfg.model_copy(update={"distributed": cfg.distributed.model_copy(update={"max_staleness": 1})})
+    logger = MetricsLogger(tmp_path, "rl", tensorboard=False)
+    train_rl(run.trainer, run.generator, GuardedReward(get_reward("chain_sum")), load_tokenizer(str(tiny_policy_dir)),
+             make_split(30, seed=5), cfg, logger)
+    logger.close()
+    rows = [json.loads(line) for line in (tmp_path / "rl_metrics.jsonl").read_text().splitlines()]
+    assert [(row["version_lag_mean"], row["version_lag_max"]) for row in rows] == [(0, 0), (1, 1), (1, 1)]
+    assert all("stale_weight_mean" in row for row in rows[1:]) and "stale_weight_mean" not in rows[0]

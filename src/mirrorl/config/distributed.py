@@ -19,6 +19,13 @@ class DistributedConfig(Section):
         "Ray object store after each optimize; 'colocated': each learner rank also generates with its own replica "
         "(k1.5's hybrid deployment; needs rollout_workers == learners), so no weights move.",
     )
+    max_staleness: int = Field(
+        0, ge=0, le=1, description="0: iteration i generates with its own weights pi_i. 1: asynchronous rollouts: "
+        "iteration i+1's rollout runs on the workers while the learners optimize iteration i, so its tokens are one "
+        "version old when they train (weighted as partial rollouts' older segments are, rl.off_policy_correction). "
+        "Checkpoint iterations stay synchronous, so resume stays exact. Deeper pipelines gain nothing: a rollout "
+        "step continues the trajectories of the one before. Needs placement=separate.",
+    )
     reward_workers: int = Field(
         0, ge=0, description="Score rewards in a pool of this many Ray actors (on any machine of the cluster, each "
         "building the reward there); 0 scores in the driver.",
@@ -53,4 +60,7 @@ class DistributedConfig(Section):
         if self.placement == "colocated" and self.rollout_workers != self.learners:
             raise ValueError(f"placement=colocated runs one engine per learner rank: set rollout_workers "
                              f"({self.rollout_workers}) equal to learners ({self.learners})")
+        if self.placement == "colocated" and self.max_staleness:
+            raise ValueError("max_staleness=1 overlaps rollout and training, which colocated actors cannot: "
+                             "use placement=separate")
         return self

@@ -194,16 +194,21 @@ class RolloutWorkers:
         return actor.load_weights.remote(self.version, self.weights.slots, self.weights.buckets)
 
     def _each(self, call: Callable[[int], ray.ObjectRef], what: str) -> list[Any]:
-        """`call(w)` for every worker w; a failed worker is replaced (loading the current weights) and
-        its call made again on the replacement, with the same arguments."""
-        todo, results = list(range(len(self.actors))), [None] * len(self.actors)
+        """`call(w)` for every worker w (see `_collect`)."""
+        return self._collect([call(w) for w in range(len(self.actors))], call, what)
+
+    def _collect(self, refs: list[ray.ObjectRef], call: Callable[[int], ray.ObjectRef], what: str) -> list[Any]:
+        """The results of worker w's call `refs[w]`; a failed worker is replaced (loading the current
+        weights) and `call(w)` made again on the replacement, with the same arguments."""
+        todo, results = list(range(len(refs))), [None] * len(refs)
         while todo:
-            outcomes = gather([call(index) for index in todo], self.timeout)
+            outcomes = gather(refs, self.timeout)
             for index, outcome in zip(todo, outcomes):
                 results[index] = outcome
             todo = [index for index, outcome in zip(todo, outcomes) if isinstance(outcome, Failure)]
             for index in todo:
                 self._replace(index, results[index].why, what)
+            refs = [call(index) for index in todo]
         return results
 
     def _replace(self, index: int, why: str, what: str) -> None:
@@ -223,24 +228,46 @@ class RolloutWorkers:
         console.print(f"rollout worker {index} {why} while asked to {what}: replaced, and the call made again")
 
     def generate(self, requests: Sequence[Request], params: SamplingParams, seed: int) -> GenerateResult:
-        """Requests sorted by length and dealt round-robin, so each worker gets as many of each length;
-        worker w's share is seeded by (seed, w), whichever actor runs it."""
+        return self.submit(requests, params, seed).result()
+
+    def submit(self, requests: Sequence[Request], params: SamplingParams, seed: int) -> PendingRollout:
+        """Start the call: requests sorted by length and dealt round-robin, so each worker gets as many
+        of each length; worker w's share is seeded by (seed, w), whichever actor runs it."""
         order = sorted(range(len(requests)), key=lambda j: len(requests[j].prompt_ids) + len(requests[j].prefix_ids))
         shares = [order[w :: len(self.actors)] for w in range(len(self.actors))]
-        results = self._each(lambda w: self.actors[w].generate.remote([requests[j] for j in shares[w]], params,
-                                                                      _shard_seed(seed, w)), "generate")
-        completions: list[Any] = [None] * len(requests)
-        for share, result in zip(shares, results):
+
+        def call(w: int) -> ray.ObjectRef:
+            return self.actors[w].generate.remote([requests[j] for j in shares[w]], params, _shard_seed(seed, w))
+
+        return PendingRollout(self, shares, call, [call(w) for w in range(len(self.actors))], self.version)
+
+
+@dataclass
+class PendingRollout:
+    """A `RolloutWorkers` call under way (`mirrorl.types.PendingGenerate`)."""
+
+    workers: RolloutWorkers
+    shares: list[list[int]]  # request indices of each worker
+    call: Callable[[int], ray.ObjectRef]  # worker w's call, made again on a replacement
+    refs: list[ray.ObjectRef]
+    version: int  # of the weights the workers held when it started
+
+    def result(self) -> GenerateResult:
+        """The completions in request order. Each worker must still hold `version`: weights are
+        published only after a pending call is collected, so a replacement loads the same version."""
+        results = self.workers._collect(self.refs, self.call, "generate")
+        completions: list[Any] = [None] * sum(len(share) for share in self.shares)
+        for share, result in zip(self.shares, results):
             if result.weight_version != self.version:
                 raise BackendError(f"a rollout worker generated with weight version {result.weight_version}, "
                                    f"expected {self.version}")
             for j, completion in zip(share, result.completions, strict=True):
                 completions[j] = completion
-        metrics = dict(self.sync)
+        metrics = dict(self.workers.sync)
         for w, result in enumerate(results):
             metrics[f"worker{w}_tokens_per_second"] = result.new_tokens / max(1e-9, result.metrics["seconds"])
             metrics[f"worker{w}_idle_fraction"] = result.idle_fraction
-        self.sync = {}
+        self.workers.sync = {}
         return GenerateResult(completions, self.version, new_tokens=sum(r.new_tokens for r in results),
                               idle_fraction=sum(r.idle_fraction for r in results) / len(results), metrics=metrics)
 

@@ -23,9 +23,10 @@ engine's `batch_size`) is independent of it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mirrorl.types import Generator, Request, SamplingParams
+from mirrorl.types import AsyncGenerator, GenerateResult, Generator, Request, SamplingParams
 
 
 @dataclass
@@ -71,8 +72,19 @@ class PartialRollouts:
         """Advance every unfinished trajectory by one segment (continuations queued first); pop the
         groups now complete. Each new token records the weight version the generator reports."""
         running = self.unfinished()
+        return self._advance(running, generator.generate(self._requests(running), params, seed))
+
+    def submit(self, generator: AsyncGenerator, params: SamplingParams, seed: int) -> Callable[[], RolloutStep]:
+        """`step` started on the generator: call the result to finish it. The buffer must not change meanwhile."""
+        running = self.unfinished()
+        pending = generator.submit(self._requests(running), params, seed)
+        return lambda: self._advance(running, pending.result())
+
+    def _requests(self, running: list[Trajectory]) -> list[Request]:
         budget = self.segment_budget or None
-        result = generator.generate([Request(t.prompt_ids, t.response_ids, budget) for t in running], params, seed)
+        return [Request(t.prompt_ids, t.response_ids, budget) for t in running]
+
+    def _advance(self, running: list[Trajectory], result: GenerateResult) -> RolloutStep:
         for trajectory, done in zip(running, result.completions, strict=True):
             trajectory.response_ids += done.token_ids
             trajectory.logprobs += done.logprobs

@@ -177,6 +177,11 @@ class Checkpointing:
         if self.every and step > first and step % self.every == 0:
             save()
 
+    def quiet(self, step: int) -> bool:
+        """Whether the boundary of `step` will write nothing (no checkpoint due, no stop asked for), so
+        an iteration may run into it with work in flight."""
+        return self.store is None or (self.signum is None and not (self.every and step % self.every == 0))
+
     @contextmanager
     def signals(self) -> Iterator[None]:
         """Turn the first SIGINT/SIGTERM into a stop at the next step boundary (main thread only)."""

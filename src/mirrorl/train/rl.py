@@ -20,6 +20,14 @@ Each iteration i reads top to bottom:
 The loop receives its generator, trainer and reward (`mirrorl.types`): the colocated engine and
 the in-process trainer by default, another backend without a change here.
 
+Asynchronous rollouts (`distributed.max_staleness=1`, rollout workers in other processes): once an
+iteration's rewards are in, the sampler draws the next iteration's problems and their rollout
+starts on the workers, still under pi_i, while the learners optimize; the next iteration waits for
+it and trains on tokens one version old (`older`, weighted by the off-policy correction). An
+iteration whose start is a checkpoint, or after a stop signal, runs synchronously, so checkpoints
+hold no work in flight and resume stays exact; an asynchronous iteration that can score nothing
+checkpoints the start of the next one (its own start had a rollout in flight).
+
 A sample whose reward returned None or raised (the scorer failed) is dropped from its
 group and counted, never scored 0; an iteration in which none could be scored stops the run after
 a checkpoint. An iteration in which no group completes (possible with a small segment budget) only
@@ -40,7 +48,7 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -55,7 +63,7 @@ from mirrorl.config import AlgoConfig, Config, SamplerConfig
 from mirrorl.data.encode import encode_prompt
 from mirrorl.data.samplers import CurriculumSampler, PrioritizedSampler, UniformSampler
 from mirrorl.rewards.batch import GuardedReward
-from mirrorl.rollout.partial import PartialRollouts, Trajectory, rollout_metrics
+from mirrorl.rollout.partial import PartialRollouts, RolloutStep, Trajectory, rollout_metrics
 from mirrorl.train.metrics import MetricsLogger, console, progress_bar
 from mirrorl.train.resume import Checkpointing, TrainingStopped
 from mirrorl.train.state import capture_rng, read_training_state, restore_rng
@@ -196,6 +204,14 @@ def load_loop_state(path: Path, trainer: Trainer, sampler: Sampler, rollouts: Pa
     return saved.trainer
 
 
+def _save_after(ckpt: Checkpointing, iteration: int, trainer: Trainer, accuracy: float, sampler: Sampler,
+                rollouts: PartialRollouts, rng: random.Random, digest: str) -> Path | None:
+    """The checkpoint an asynchronous iteration can write: the state at the start of the next one
+    (its own start had a rollout in flight). Used when nothing of the iteration could be scored."""
+    state = loop_state(iteration + 1, accuracy, sampler, rollouts, rng, digest)
+    return ckpt.save_with(iteration + 1, trainer.save, **state)
+
+
 def train_rl(trainer: Trainer, generator: Generator, reward: GuardedReward, tokenizer: PreTrainedTokenizerBase,
              problems: Sequence[Problem], cfg: Config, logger: MetricsLogger,
              checkpointing: Checkpointing | None = None) -> RLResult:
@@ -209,22 +225,38 @@ def train_rl(trainer: Trainer, generator: Generator, reward: GuardedReward, toke
     if ckpt.resume is not None:
         saved = load_loop_state(ckpt.resume.path, trainer, sampler, rollouts, rng, digest)
         first, accuracy = saved["iteration"], saved["accuracy"]
+    asynchronous = cfg.run.backend == "ray" and cfg.distributed.max_staleness > 0
+    prefetched: Callable[[], RolloutStep] | None = None  # this iteration's rollout, run during the last optimize
+
+    def draw(i: int) -> None:  # 1. sample: iteration i's new problems join the buffer, k trajectories each
+        for index in sampler.sample(cfg.rl.problems_per_iteration, i):
+            rollouts.add(index, encode_prompt(tokenizer, problems[index].prompt, cfg.data.use_chat_template))
+
     with ckpt.signals(), progress_bar() as bar:
         task = bar.add_task("rl", total=cfg.rl.iterations, completed=first, info="")
         for iteration in range(first, cfg.rl.iterations):
-            state = loop_state(iteration, accuracy, sampler, rollouts, rng, digest)  # the start of this iteration
-            save = partial(ckpt.save_with, iteration, trainer.save, **state)
-            ckpt.boundary(iteration, first, "rl", save)  # 0. checkpoint when due, or stop when asked to
-            began = time.perf_counter()
-            generator.update_weights(iteration, trainer.state_dict())  # pi_i generates this iteration
-            t0 = time.perf_counter()
-            for index in sampler.sample(cfg.rl.problems_per_iteration, iteration):  # 1.
-                rollouts.add(index, encode_prompt(tokenizer, problems[index].prompt, cfg.data.use_chat_template))
-            step = rollouts.step(generator, params, seed=cfg.run.seed * 100_003 + iteration)  # 2.
-            t1 = time.perf_counter()
+            if prefetched is None:
+                state = loop_state(iteration, accuracy, sampler, rollouts, rng, digest)  # the start of this iteration
+                save = partial(ckpt.save_with, iteration, trainer.save, **state)
+                ckpt.boundary(iteration, first, "rl", save)  # 0. checkpoint when due, or stop when asked to
+                began = time.perf_counter()
+                generator.update_weights(iteration, trainer.state_dict())  # pi_i generates this iteration
+                t0 = time.perf_counter()
+                draw(iteration)
+                step = rollouts.step(generator, params, seed=cfg.run.seed * 100_003 + iteration)  # 2.
+                t1 = time.perf_counter()
+                times = {"time_sync": t0 - began, "time_rollout": t1 - t0,
+                         "rollout_tokens_per_second": step.new_tokens / (t1 - t0)}
+            else:  # asynchronous: 1. and 2. ran under pi_{i-1} while the learners made pi_i; wait for them
+                save = partial(_save_after, ckpt, iteration, trainer, accuracy, sampler, rollouts, rng, digest)
+                began = time.perf_counter()
+                step, prefetched = prefetched(), None
+                t0 = time.perf_counter()
+                generator.update_weights(iteration, trainer.state_dict())  # pi_i generates the next prefetch
+                t1 = time.perf_counter()
+                times = {"time_sync": t1 - t0, "time_rollout": t0 - began}  # the wait: the rest overlapped
             metrics = rollout_metrics(step, rollouts, iteration)
-            metrics.update(rollout_tokens_per_second=step.new_tokens / (t1 - t0), time_rollout=t1 - t0,
-                           time_sync=t0 - began)
+            metrics.update(times)
             drawn = to_samples(step.groups, tokenizer)
             scored = score(drawn, problems, reward, cfg.rollout.repeat.penalty)  # 3. reward
             samples, errors = scored.samples, scored.errors
@@ -239,6 +271,12 @@ def train_rl(trainer: Trainer, generator: Generator, reward: GuardedReward, toke
                                       f"samples ({cause}); checkpoint saved in {path}", path, 1)
             if samples:
                 weight = add_length_rewards(samples, cfg.algo, iteration)
+                success = group_success(samples)
+                sampler.update([index for index, _ in success.values()], [rate for _, rate in success.values()])
+            if asynchronous and iteration + 1 < cfg.rl.iterations and ckpt.quiet(iteration + 1):
+                draw(iteration + 1)  # the next rollout runs on the workers during this optimize
+                prefetched = rollouts.submit(generator, params, seed=cfg.run.seed * 100_003 + iteration + 1)
+            if samples:
                 t2 = time.perf_counter()
                 if cfg.rl.reset_optimizer:  # 4. optimize
                     trainer.reset_optimizer()
@@ -247,12 +285,10 @@ def train_rl(trainer: Trainer, generator: Generator, reward: GuardedReward, toke
                 lr = cfg.rl.lr * linear_warmup(iteration, cfg.rl.lr_warmup_iterations)
                 step_metrics = trainer.train_step(batch, lr)
                 t3 = time.perf_counter()
-                success = group_success(samples)  # 5. log
-                sampler.update([index for index, _ in success.values()], [rate for _, rate in success.values()])
                 metrics.update(iteration_metrics(samples, len(drawn), len(step.groups)), **step_metrics.as_dict(),
                                length_penalty_weight=weight, time_reward=t2 - t1, time_optimize=t3 - t2)
                 accuracy = metrics["accuracy"]
-            metrics["time_iteration"] = time.perf_counter() - began
+            metrics["time_iteration"] = time.perf_counter() - began  # 5. log
             logger.log(iteration, metrics)
             bar.update(task, advance=1, info=f"acc {accuracy:.2f} len {metrics.get('response_tokens', 0):.0f} "
                                              f"kl {metrics.get('kl', 0):.4f} buffer {metrics['buffer_trajectories']}")
