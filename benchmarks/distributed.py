@@ -6,10 +6,11 @@ in-process trainer), on Ray with separate placement (2 rollout workers, 2 learne
 DDP, the weights synced through the object store after every optimize), on Ray colocated (each
 learner rank also generates; no weights move) and on Ray separate with asynchronous rollouts
 (`distributed.max_staleness=1`: the next rollout runs during the optimize; its `time_rollout` is
-only the wait). Every run starts from the same policy and seeds. Reported per run, as means over the iterations after the first (which includes warm-up):
-seconds per iteration and its parts (weight sync, rollout, reward, optimize), bytes synced,
-tokens per second, and the sync's share of the iteration; and the ratio of each Ray run's
-iteration time to the single process's.
+only the wait). Every run starts from the same policy and seeds. Reported per run, as means over
+the iterations after the first (which includes warm-up): seconds per iteration and its parts
+(weight sync, rollout, reward, optimize), bytes synced, the sync's share of the iteration, and the
+tokens generated per second (the rollout's own rate; on Ray the sum of the workers' rates); and
+the ratio of each Ray run's iteration time to the single process's.
 
 On this 2-core machine the Ray runs share the same two cores as the one process does, so they
 measure overheads (process boundaries, serialisation, weight sync, smaller per-process batches),
@@ -46,7 +47,9 @@ PARTS = ("time_iteration", "time_sync", "time_rollout", "time_reward", "time_opt
 def summarise(metrics: Path) -> dict[str, float]:
     rows = [json.loads(line) for line in metrics.read_text().splitlines()][1:]  # the first iteration warms up
     out = {key: statistics.mean(row[key] for row in rows) for key in PARTS}
-    out["rollout_tokens_per_second"] = statistics.mean(row["rollout_tokens_per_second"] for row in rows)
+    out["tokens_per_second"] = statistics.mean(
+        sum(v for k, v in row.items() if k.startswith("worker") and k.endswith("_tokens_per_second"))
+        or row["rollout_tokens_per_second"] for row in rows)
     out["sync_bytes"] = statistics.mean(row.get("sync_bytes", 0.0) for row in rows)
     out["sync_share"] = out["time_sync"] / out["time_iteration"]
     out["final_accuracy"] = rows[-1]["accuracy"]
