@@ -105,25 +105,21 @@ def test_asynchronous_rollouts_train_on_tokens_exactly_one_version_old(tmp_path,
     cfg, run = cluster
     cfg = cfg.model_copy(update={"distributed": cfg.distributed.model_copy(update={"max_staleness": 1})})
     slow = ray.get(run.generator.actors[0].pid.remote())
-
     resumed = []
 
-    def stall() -> None:
-        time.sleep(0.5)
-        os.kill(slow, signal.SIGSTOP)
-        time.sleep(3.0)
-        os.kill(slow, signal.SIGCONT)
-        resumed.append(time.monotonic())
+    class StallingLogger(MetricsLogger):
+        def log(self, step, values):  # iteration 0 is logged while iteration 1's rollout runs: stall a worker
+            super().log(step, values)
+            if step == 0:
+                os.kill(slow, signal.SIGSTOP)
+                threading.Timer(2.0, lambda: (os.kill(slow, signal.SIGCONT), resumed.append(time.monotonic()))).start()
 
-    staller = threading.Thread(target=stall)
-    staller.start()
-    logger = MetricsLogger(tmp_path, "rl", tensorboard=False)
+    logger = StallingLogger(tmp_path, "rl", tensorboard=False)
     train_rl(run.trainer, run.generator, GuardedReward(get_reward("chain_sum")), load_tokenizer(str(tiny_policy_dir)),
              make_split(30, seed=5), cfg, logger)
     ended = time.monotonic()
     logger.close()
-    staller.join()
-    assert resumed[0] < ended  # the worker was stalled while the run went on
+    assert resumed and resumed[0] < ended  # the run waited for the stalled worker
     rows = [json.loads(line) for line in (tmp_path / "rl_metrics.jsonl").read_text().splitlines()]
     assert [(row["version_lag_mean"], row["version_lag_max"]) for row in rows] == [(0, 0), (1, 1), (1, 1)]
     assert all("stale_weight_mean" in row for row in rows[1:]) and "stale_weight_mean" not in rows[0]
