@@ -83,7 +83,7 @@ def load_policy(
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"cannot load model {path!r}: {_first_line(err)}") from err
+        raise ValueError(f"cannot load model {path!r}: {first_line(err)}") from err
     return model.to(device), tokenizer
 
 
@@ -92,13 +92,14 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"cannot load model {path!r}: {_first_line(err)}") from err
+        raise ValueError(f"cannot load model {path!r}: {first_line(err)}") from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type's name when the message is empty)."""
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 

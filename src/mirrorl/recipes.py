@@ -28,7 +28,7 @@ from mirrorl.config import Config, dump_config
 from mirrorl.data.encode import encode_prompt, encode_response
 from mirrorl.data.io import load_split
 from mirrorl.eval.evaluate import EvalResult, evaluate
-from mirrorl.models import build_tiny, load_policy, load_tokenizer, pick_device, pick_dtype, save_policy
+from mirrorl.models import build_tiny, first_line, load_policy, load_tokenizer, pick_device, pick_dtype, save_policy
 from mirrorl.rewards.batch import GuardedReward
 from mirrorl.rewards.registry import get_reward
 from mirrorl.rollout.engine import Engine
@@ -86,8 +86,8 @@ def open_policy(cfg: Config, path: str | Path | None) -> tuple[PreTrainedModel, 
     try:
         return load_policy(text, device, pick_dtype(cfg.run.dtype, device))
     except RuntimeError as err:  # transformers raises it for weights that do not fit config.json
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        what = "its weights do not fit the shapes in its config.json" if "mismatched" in first_line else first_line
+        line = first_line(err)
+        what = "its weights do not fit the shapes in its config.json" if "mismatched" in line else line
         raise ValueError(f"cannot load model {text!r}: {what}") from err
 
 

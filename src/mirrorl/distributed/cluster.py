@@ -133,7 +133,7 @@ class LearnerGroup:
         """Rank 0 publishes its weights (all ranks hold the same after a DDP step)."""
         slots, buckets = self.actors[0].publish.options(num_returns=2).remote()
         [slot_list] = gather([slots], self.timeout, lambda _, f: _raise(f"learner rank 0 {f.why} during publish"))
-        return PublishedWeights(slot_list, buckets, self.digests()[0] if self.verify else None)
+        return PublishedWeights(slot_list, buckets, self._all("digest", ranks=1)[0] if self.verify else None)
 
     def digests(self) -> list[str]:
         """Every rank's weight digest."""
@@ -302,24 +302,28 @@ def ray_cluster(cfg: Config, policy: str) -> Iterator[RayRun]:
     workers = learners if colocated else [spawn() for _ in range(settings.rollout_workers)]
     generator = RolloutWorkers(workers, None if colocated else spawn, config)
     pool = None
+
+    def everyone() -> list[Actor]:  # each actor once (colocated workers are the learners); workers may be replaced
+        return learners + ([] if colocated else generator.actors)
+
     try:
         if settings.reward_workers:
             from mirrorl.distributed.rewards import RewardPool
 
             pool = RewardPool(config)
-        for outcome in gather([actor.ready.remote() for actor in learners + generator.actors], settings.call_timeout):
+        for outcome in gather([actor.ready.remote() for actor in everyone()], settings.call_timeout):
             if isinstance(outcome, Failure):
                 raise BackendError(f"a Ray actor {outcome.why} while loading the policy")
             if outcome is not None:
                 raise ValueError(f"on a Ray actor: {outcome}")
         group = LearnerGroup(learners, config)
         group.join(interface)
-        nodes = gather([actor.node.remote() for actor in learners + generator.actors], settings.call_timeout)
+        nodes = gather([actor.node.remote() for actor in everyone()], settings.call_timeout)
         console.print(f"ray: {len(learners)} learner ranks and {len(generator.actors)} rollout workers "
                       f"({settings.placement}) on {len(set(nodes))} node(s)")
         yield RayRun(group, generator, pool)
     finally:
-        for actor in learners + ([] if colocated else generator.actors) + (pool.actors if pool else []):
+        for actor in everyone() + (pool.actors if pool else []):
             ray.kill(actor, no_restart=True)
         if started:
             ray.shutdown()

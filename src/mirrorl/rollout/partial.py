@@ -117,9 +117,7 @@ def rollout_metrics(step: RolloutStep, buffer: PartialRollouts, version: int) ->
     and the generator's own figures."""
     ready = step.groups
     finished = [t for group in ready for t in group]
-    tokens = sum(len(t.versions) for t in finished)
-    stale = sum(v != version for t in finished for v in t.versions)
-    lags = [version - v for t in finished for v in t.versions]
+    lags = [version - v for t in finished for v in t.versions]  # per token of the finished trajectories
     return {
         **step.generator_metrics,
         "version_lag_mean": sum(lags) / max(1, len(lags)),
@@ -127,7 +125,7 @@ def rollout_metrics(step: RolloutStep, buffer: PartialRollouts, version: int) ->
         "buffer_trajectories": len(buffer.unfinished()),
         "buffer_groups": len(buffer.groups),
         "segments_per_trajectory": sum(t.segments for t in finished) / max(1, len(finished)),
-        "off_policy_token_fraction": stale / max(1, tokens),
+        "off_policy_token_fraction": sum(lag != 0 for lag in lags) / max(1, len(lags)),
         "idle_slot_fraction": step.idle_fraction,
         "finish_budget_fraction": len(buffer.unfinished()) / max(1, step.stepped),
         "finished_groups": len(ready),

@@ -174,13 +174,17 @@ class Checkpointing:
             name = signal.Signals(self.signum).name
             raise TrainingStopped(f"{phase} stopped by {name} at step {step}; checkpoint saved in {path}", path,
                                   128 + self.signum)
-        if self.every and step > first and step % self.every == 0:
+        if step > first and self._due(step):
             save()
+
+    def _due(self, step: int) -> bool:
+        """Whether `step` is one of the every-N checkpoint steps."""
+        return bool(self.every) and step % self.every == 0
 
     def quiet(self, step: int) -> bool:
         """Whether the boundary of `step` will write nothing (no checkpoint due, no stop asked for), so
         an iteration may run into it with work in flight."""
-        return self.store is None or (self.signum is None and not (self.every and step % self.every == 0))
+        return self.store is None or (self.signum is None and not self._due(step))
 
     @contextmanager
     def signals(self) -> Iterator[None]:

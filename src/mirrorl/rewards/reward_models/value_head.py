@@ -27,7 +27,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from mirrorl.config import ValueHeadRMConfig
 from mirrorl.config.rewards import VALUE_HEAD_TEMPLATE
-from mirrorl.models import pick_device, pick_dtype
+from mirrorl.models import first_line, pick_device, pick_dtype
 from mirrorl.rewards.batch import BatchFirst
 from mirrorl.rewards.reward_models.common import fill_template
 from mirrorl.types import Problem
@@ -124,8 +124,7 @@ def load_value_head(path: str, device: torch.device,
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
     except (OSError, ValueError, KeyError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"cannot load reward model {path!r}: {first_line}") from err
+        raise ValueError(f"cannot load reward model {path!r}: {first_line(err)}") from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
