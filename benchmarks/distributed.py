@@ -3,10 +3,12 @@
 Runs `--iterations` iterations of the demo's RL loop (its problems, k, batch, sampling, loss) from
 one policy three ways, one after the other: in one process (the colocated engine and the
 in-process trainer), on Ray with separate placement (2 rollout workers, 2 learner ranks under
-DDP, the weights synced through the object store after every optimize), on Ray colocated (each
-learner rank also generates; no weights move) and on Ray separate with asynchronous rollouts
-(`distributed.max_staleness=1`: the next rollout runs during the optimize; its `time_rollout` is
-only the wait). Every run starts from the same policy and seeds. Reported per run, as means over
+DDP, the weights synced through the object store after every optimize), the same with the
+weights broadcast over a gloo group (`distributed.weight_sync=broadcast`), the same with FSDP2
+learners (`distributed.strategy=fsdp2`), on Ray colocated (each learner rank also generates; no
+weights move) and on Ray separate with asynchronous rollouts (`distributed.max_staleness=1`: the
+next rollout runs during the optimize; its `time_rollout` is only the wait). `--runs` picks some of
+them (the one process always runs). Every run starts from the same policy and seeds. Reported per run, as means over
 the iterations after the first (which includes warm-up): seconds per iteration and its parts
 (weight sync, rollout, reward, optimize), bytes synced, the sync's share of the iteration, and the
 tokens generated per second (the rollout's own rate; on Ray the sum of the workers' rates); and
@@ -16,7 +18,7 @@ On this 2-core machine the Ray runs share the same two cores as the one process 
 measure overheads (process boundaries, serialisation, weight sync, smaller per-process batches),
 not a speed-up: see docs/distributed.md for what scales on GPUs.
 
-Usage: python benchmarks/distributed.py [--policy runs/demo/sft/final] [--iterations 10]
+Usage: python benchmarks/distributed.py [--policy runs/demo/sft/final] [--iterations 10] [--runs broadcast,fsdp2]
 Without --policy the demo's model architecture is used untrained (responses run to the maximum
 length, so rollouts are longer than the demo's). Prints one JSON object as its last line.
 """
@@ -42,6 +44,13 @@ from mirrorl.train.rl import train_rl
 from mirrorl.train.trainer import LocalTrainer
 
 PARTS = ("time_iteration", "time_sync", "time_rollout", "time_reward", "time_optimize")
+RUNS = {  # on Ray with 2 rollout workers and 2 learner ranks, these settings besides
+    "separate": [],
+    "broadcast": ["distributed.weight_sync=broadcast"],
+    "fsdp2": ["distributed.strategy=fsdp2"],
+    "colocated": ["distributed.placement=colocated"],
+    "async": ["distributed.max_staleness=1"],
+}
 
 
 def summarise(metrics: Path) -> dict[str, float]:
@@ -82,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", type=Path, default=None)
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--runs", default=",".join(RUNS), help=f"Ray runs, comma-separated, of: {', '.join(RUNS)}")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -90,20 +100,16 @@ def main() -> None:
             policy = work / "policy"
             save_policy(*build_tiny(load_config().model, 0), policy)
         common = [f"rl.iterations={args.iterations}"]
-        ray = ["run.backend=ray", "distributed.learners=2", "distributed.rollout_workers=2"]
-        results = {
-            "one_process": run(policy, common, work / "local"),
-            "ray_separate": run(policy, [*common, *ray], work / "separate"),
-            "ray_colocated": run(policy, [*common, *ray, "distributed.placement=colocated"], work / "colocated"),
-            "ray_async": run(policy, [*common, *ray, "distributed.max_staleness=1"], work / "async"),
-        }
+        ray = [*common, "run.backend=ray", "distributed.learners=2", "distributed.rollout_workers=2"]
+        results = {"one_process": run(policy, common, work / "local")}
+        for name in args.runs.split(","):
+            results[f"ray_{name}"] = run(policy, [*ray, *RUNS[name]], work / name)
     base = results["one_process"]["time_iteration"]
     print(json.dumps({
         "benchmark": "distributed", "policy": str(args.policy or "untrained demo model"),
         "iterations": args.iterations, "torch_threads_one_process": torch.get_num_threads(), **results,
-        "iteration_time_ratio_separate": round(results["ray_separate"]["time_iteration"] / base, 3),
-        "iteration_time_ratio_colocated": round(results["ray_colocated"]["time_iteration"] / base, 3),
-        "iteration_time_ratio_async": round(results["ray_async"]["time_iteration"] / base, 3),
+        **{f"iteration_time_ratio_{name.removeprefix('ray_')}": round(result["time_iteration"] / base, 3)
+           for name, result in results.items() if name != "one_process"},
     }))
 
 

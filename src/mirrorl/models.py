@@ -10,10 +10,12 @@ well under a million parameters, so the demo and the tests need no download.
 from __future__ import annotations
 
 import string
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from torch import Tensor
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -103,10 +105,12 @@ def first_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
-def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
-    """Write model (safetensors) and tokenizer so that `from_pretrained(path)` restores both."""
+def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path,
+                state_dict: Mapping[str, Tensor] | None = None) -> None:
+    """Write model (safetensors) and tokenizer so that `from_pretrained(path)` restores both;
+    `state_dict` (e.g. gathered from shards) replaces the model's own weights."""
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
+    model.save_pretrained(path, state_dict=None if state_dict is None else dict(state_dict))  # it empties the dict
     tokenizer.save_pretrained(path)
 
 

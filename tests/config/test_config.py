@@ -67,6 +67,13 @@ def test_parse_override_reads_yaml_scalars():
         (["run.backend=ray", "distributed.placement=colocated", "distributed.max_staleness=1"],
          "config distributed: max_staleness=1 overlaps rollout and training, which colocated actors cannot: use "
          "placement=separate"),
+        (["run.backend=ray", "distributed.placement=colocated", "distributed.strategy=fsdp2"],
+         "config distributed: strategy=fsdp2 shards the learners' weights, which colocated engines cannot generate "
+         "with: use placement=separate"),
+        (["run.backend=ray", "distributed.placement=colocated", "distributed.weight_sync=broadcast"],
+         "config distributed: weight_sync=broadcast moves weights to separate rollout workers; colocated ones "
+         "already hold them: use placement=separate or weight_sync=object_store"),
+        (["distributed.strategy=fsdp2"], "config: distributed.strategy applies to run.backend=ray"),
     ],
 )
 def test_bad_values_fail_with_key_value_and_expectation(overrides, message):

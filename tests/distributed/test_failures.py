@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from mirrorl.cli import app
 from mirrorl.distributed.cluster import LearnerGroup
 from mirrorl.train.checkpoint import find_latest
+from mirrorl.train.trainer import OPTIMIZER_SHARDS
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "train"))
 from test_resume import Child, assert_same_run, rl_overrides  # noqa: E402
@@ -55,21 +56,25 @@ def test_a_killed_learner_rank_ends_the_run_with_one_line_and_the_run_resumes(ti
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("staleness", [0, 1])
+@pytest.mark.parametrize("setting", ["distributed.max_staleness=0", "distributed.max_staleness=1",
+                                     "distributed.strategy=fsdp2,distributed.weight_sync=broadcast"])
 def test_a_killed_driver_resumes_to_the_weights_of_an_uninterrupted_distributed_run(tiny_policy_dir, tmp_path,
-                                                                                   staleness):
+                                                                                   setting):
     """`mirrorl rl` on Ray in a subprocess, SIGKILLed after iteration 4 optimized (checkpoint 3 kept),
     then resumed: the final weights, metrics and state equal those of an uninterrupted run, to the bit.
-    With asynchronous rollouts iteration 4 trained on a rollout made during iteration 3's optimize."""
+    With asynchronous rollouts iteration 4 trained on a rollout made during iteration 3's optimize;
+    with FSDP2 each learner rank restores its own optimizer shard."""
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    ray_args = [*RAY, f"distributed.max_staleness={staleness}"]
+    ray_args = [*RAY, *setting.split(",")]
     reference = Child([*rl_overrides(tiny_policy_dir, whole, 6), *ray_args], tmp_path / "whole.log")  # its own Ray
     args = [*rl_overrides(tiny_policy_dir, cut, 6), *ray_args]
     child = Child(args, tmp_path / "cut.log", pause_at="log:4")
     try:
         child.wait_for("paused log:4", timeout=300)
         child.kill()
-        assert find_latest(cut / "checkpoints" / "rl").step == 3
+        kept = find_latest(cut / "checkpoints" / "rl")
+        assert kept.step == 3
+        assert (kept.path / OPTIMIZER_SHARDS).is_dir() == ("fsdp2" in setting)  # each rank's shard, sealed in it
         child = Child([*args, "--resume"], tmp_path / "resumed.log")
         assert child.finish(300) == 0, (tmp_path / "resumed.log").read_text()[-2000:]
         assert reference.finish(300) == 0, (tmp_path / "whole.log").read_text()[-2000:]

@@ -91,9 +91,11 @@ def test_a_worker_killed_during_a_pending_call_answers_under_the_version_it_star
     params = cfg.rollout.params(max_new_tokens=48)
     workers.update_weights(7, run.trainer.state_dict())
     calm = workers.generate(requests, params, seed=3)
+    victim, restarts = ray.get(workers.actors[1].pid.remote()), workers.restarts_left  # asked before: calls queue
     pending = workers.submit(requests, params, seed=3)
-    os.kill(ray.get(workers.actors[1].pid.remote()), signal.SIGKILL)  # its share is re-run from scratch
+    os.kill(victim, signal.SIGKILL)  # its share is re-run from scratch
     rough = pending.result()
+    assert workers.restarts_left == restarts - 1
     assert rough.weight_version == calm.weight_version == 7
     assert [c.token_ids for c in rough.completions] == [c.token_ids for c in calm.completions]
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from mirrorl.distributed.weights import digest, pack, unpack
+from mirrorl.distributed.weights import bucket_sizes, digest, pack, unpack
 
 
 def test_pack_unpack_round_trips_every_dtype_and_shape_exactly():
@@ -31,3 +31,14 @@ def test_digest_changes_with_any_value_or_name():
     assert digest(state) == digest({k: v.clone() for k, v in state.items()})
     assert len({digest(state), digest(changed), digest(renamed)}) == 3
     assert digest(unpack(*pack(state, 1 << 20))) == digest(state)
+
+
+def test_a_receiver_rebuilds_the_buffers_from_the_layout_alone():
+    """What a broadcast receiver does: allocate `bucket_sizes(slots)` bytes, receive, unpack torch buffers."""
+    state = {"a": torch.randn(3, 5), "b": torch.randn(7).to(torch.bfloat16), "c": torch.ones(20)}
+    slots, buckets = pack(state, bucket_bytes=64)
+    assert bucket_sizes(slots) == [len(b) for b in buckets]
+    received = [torch.empty(size, dtype=torch.uint8) for size in bucket_sizes(slots)]
+    for into, sent in zip(received, buckets):
+        into.copy_(torch.from_numpy(sent))
+    assert digest(unpack(slots, received)) == digest(state)

@@ -14,6 +14,11 @@ class DistributedConfig(Section):
 
     rollout_workers: int = Field(2, ge=1, description="Rollout workers, each a Ray actor with its own policy replica.")
     learners: int = Field(2, ge=1, description="Learner ranks: data-parallel training (DDP) under torch.distributed.")
+    strategy: Literal["ddp", "fsdp2"] = Field(
+        "ddp", description="How the learner ranks share the model: 'ddp': each holds all the weights and optimizer "
+        "state (DistributedDataParallel); 'fsdp2': each holds a shard of them (torch's fully_shard), gathered layer "
+        "by layer in each forward, for models too large for one device. Needs placement=separate.",
+    )
     placement: Literal["separate", "colocated"] = Field(
         "separate", description="'separate': workers and learners are disjoint actors, the weights move through the "
         "Ray object store after each optimize; 'colocated': each learner rank also generates with its own replica "
@@ -39,6 +44,12 @@ class DistributedConfig(Section):
         None, description="Network interface torch.distributed (gloo) binds to, e.g. 'eth0'; None: 'lo' on a Ray "
         "instance the run starts itself (one machine), gloo's own choice on a cluster (run.ray_address).",
     )
+    weight_sync: Literal["object_store", "broadcast"] = Field(
+        "object_store", description="How a new version reaches separate rollout workers: 'object_store': rank 0 puts "
+        "it in Ray's object store and each worker reads it (shared memory on one machine); 'broadcast': rank 0 "
+        "broadcasts it to a torch.distributed group of its own with the workers (NCCL between GPUs: the weights "
+        "stay on the devices; gloo on CPU).",
+    )
     bucket_mb: int = Field(256, ge=1, description="Weight sync: parameters are packed into buffers of this size.")
     verify_sync: bool = Field(
         True, description="After each weight sync, compare every worker's weight digest with the learners' "
@@ -60,6 +71,12 @@ class DistributedConfig(Section):
         if self.placement == "colocated" and self.rollout_workers != self.learners:
             raise ValueError(f"placement=colocated runs one engine per learner rank: set rollout_workers "
                              f"({self.rollout_workers}) equal to learners ({self.learners})")
+        if self.placement == "colocated" and self.strategy == "fsdp2":
+            raise ValueError("strategy=fsdp2 shards the learners' weights, which colocated engines cannot generate "
+                             "with: use placement=separate")
+        if self.placement == "colocated" and self.weight_sync == "broadcast":
+            raise ValueError("weight_sync=broadcast moves weights to separate rollout workers; colocated ones already "
+                             "hold them: use placement=separate or weight_sync=object_store")
         if self.placement == "colocated" and self.max_staleness:
             raise ValueError("max_staleness=1 overlaps rollout and training, which colocated actors cannot: "
                              "use placement=separate")

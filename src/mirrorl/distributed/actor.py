@@ -22,7 +22,9 @@ import torch
 import torch.distributed as dist
 
 from mirrorl.config import Config
-from mirrorl.distributed.weights import Slot, digest, pack, unpack
+from mirrorl.distributed.sync import CollectiveFailed, SyncGroup, pin_interface
+from mirrorl.distributed.weights import Slot, digest, layout, pack, unpack
+from mirrorl.models import first_line
 from mirrorl.rollout.engine import Engine
 from mirrorl.train.trainer import LocalTrainer, StepShare
 from mirrorl.types import GenerateResult, Request, SamplingParams, TrainBatch
@@ -49,6 +51,8 @@ class PolicyActor:
         seed_everything(cfg.run.seed)
         self.cfg = cfg
         self.trainer: LocalTrainer | None = None  # set by `join`
+        self.sync_group: SyncGroup | None = None  # set by `join_sync`
+        self.gathered: dict[str, torch.Tensor] | None = None  # FSDP2 learner: the full weights (`gather`)
         self.error: str | None = None
         try:
             self.model, self.tokenizer = open_policy(cfg, policy)
@@ -81,9 +85,7 @@ class PolicyActor:
 
     def join(self, rank: int, world: int, address: str, port: int, interface: str | None) -> None:
         """Become rank `rank` of the learner group (gloo on CPU, NCCL on CUDA)."""
-        if interface:
-            os.environ["GLOO_SOCKET_IFNAME"] = interface
-            os.environ["NCCL_SOCKET_IFNAME"] = interface
+        pin_interface(interface)
         backend = "nccl" if self.model.device.type == "cuda" else "gloo"
         dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world,
                                 timeout=timedelta(seconds=self.cfg.distributed.collective_timeout))
@@ -96,7 +98,21 @@ class PolicyActor:
         return self.trainer
 
     def train_share(self, batch: TrainBatch, lr: float) -> StepShare:
+        self.gathered = None
         return self.learner.train_share(batch, lr)
+
+    def gather(self) -> None:
+        """FSDP2 learners (every rank calls it): rank 0 assembles the full weights, for `publish`,
+        `digest`, `layout` and `send_weights` until the next step."""
+        self.gathered = dict(self.learner.state_dict())
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """This replica's weights (an FSDP2 learner's: those rank 0 gathered last)."""
+        if self.trainer is None or not self.trainer.sharded:
+            return self.model.state_dict()
+        if self.gathered is None:
+            raise RuntimeError("an FSDP2 learner's weights are shards: gather them first")
+        return self.gathered
 
     def reset_optimizer(self) -> None:
         self.learner.reset_optimizer()
@@ -112,11 +128,57 @@ class PolicyActor:
 
     def publish(self) -> tuple[list[Slot], list[np.ndarray]]:
         """The replica's weights as a weight-sync payload (Ray stores the two return values apart)."""
-        return pack(self.model.state_dict(), self.cfg.distributed.bucket_mb << 20)
+        return pack(self.weights(), self.cfg.distributed.bucket_mb << 20)
+
+    # broadcast group (distributed.weight_sync=broadcast): learner rank 0 and the rollout workers
+
+    def layout(self) -> list[Slot]:
+        """The slots of this replica's weights: the group's metadata, sent to the workers once."""
+        return layout(self.weights(), self.cfg.distributed.bucket_mb << 20)
+
+    def join_sync(self, rank: int, world: int, address: str, port: int, interface: str | None,
+                  slots: list[Slot]) -> CollectiveFailed | None:
+        """Become rank `rank` of a new broadcast group (rank 0, learner rank 0, hosts it)."""
+        pin_interface(interface)
+        self.sync_group = None  # a previous group's sockets go first
+        try:
+            self.sync_group = SyncGroup(address, port, rank, world, slots, self.model.device,
+                                        self.cfg.distributed.collective_timeout)
+        except RuntimeError as err:  # a member never came (c10d's errors are RuntimeErrors)
+            return CollectiveFailed(f"could not form the broadcast group: {first_line(err)}")
+        return None
+
+    def send_weights(self) -> CollectiveFailed | None:
+        """Rank 0: broadcast the replica's weights to the group."""
+        slots, buckets = pack(self.weights(), self.cfg.distributed.bucket_mb << 20)
+        self.sent = slots, buckets  # kept for a replacement worker, which joins later (`resend`)
+        try:
+            self.synced.broadcast([torch.from_numpy(bucket).to(self.model.device) for bucket in buckets])
+        except RuntimeError as err:
+            return CollectiveFailed(f"broadcast failed: {first_line(err)}")
+        return None
+
+    def resend(self) -> tuple[list[Slot], list[np.ndarray]]:
+        """Rank 0: the weights it broadcast last, as an object-store payload (`publish`)."""
+        return self.sent
+
+    def receive_weights(self, version: int) -> str | CollectiveFailed:
+        """A worker: receive the broadcast weights and generate with them as `version`; their digest."""
+        try:
+            buckets = self.synced.broadcast()
+        except RuntimeError as err:
+            return CollectiveFailed(f"broadcast failed: {first_line(err)}")
+        return self.load_weights(version, self.synced.slots, buckets)
+
+    @property
+    def synced(self) -> SyncGroup:
+        if self.sync_group is None:
+            raise RuntimeError("this actor is in no broadcast group")
+        return self.sync_group
 
     # rollout worker
 
-    def load_weights(self, version: int, slots: list[Slot], buckets: list[np.ndarray]) -> str:
+    def load_weights(self, version: int, slots: list[Slot], buckets: list[np.ndarray] | list[torch.Tensor]) -> str:
         """Generate with the published weights from now on, as `version`; returns their digest."""
         self.model.load_state_dict(unpack(slots, buckets))
         self.engine.update_weights(version, {})
@@ -127,7 +189,7 @@ class PolicyActor:
         self.engine.update_weights(version, {})
 
     def digest(self) -> str:
-        return digest(self.model.state_dict())
+        return digest(self.weights())
 
     def generate(self, requests: list[Request], params: SamplingParams, seed: int) -> GenerateResult:
         """The engine's result, with the seconds it took (for the worker's throughput)."""

@@ -26,6 +26,7 @@ from torch import Tensor
 from mirrorl.config import Config
 from mirrorl.distributed import BackendError
 from mirrorl.distributed.actor import PolicyActor
+from mirrorl.distributed.sync import CollectiveFailed
 from mirrorl.distributed.weights import Slot, pack, unpack
 from mirrorl.rewards.batch import BatchFirst
 from mirrorl.train.metrics import console
@@ -74,11 +75,14 @@ def _first_line(err: BaseException) -> str:
 
 
 class PublishedWeights(Mapping[str, Tensor]):
-    """One weight version in the object store: the slot list here, the buffers behind a reference
-    that workers resolve themselves (the driver never copies them). A Mapping for any other generator."""
+    """One weight version the learners published: its slot list and digest here, and its buffers
+    either in the object store behind `buckets`, which workers resolve themselves (the driver never
+    copies them), or, when `buckets` is None, still on learner rank 0 (`source`), which broadcasts
+    them to the workers (`distributed.weight_sync=broadcast`). A Mapping for any other generator."""
 
-    def __init__(self, slots: list[Slot], buckets: ray.ObjectRef, digest: str | None) -> None:
-        self.slots, self.buckets, self.digest = slots, buckets, digest
+    def __init__(self, slots: list[Slot], buckets: ray.ObjectRef | None, digest: str | None,
+                 source: Actor | None = None) -> None:
+        self.slots, self.buckets, self.digest, self.source = slots, buckets, digest, source
         self.nbytes = sum(slot.nbytes for slot in slots)
         self._state: dict[str, Tensor] | None = None
 
@@ -89,7 +93,10 @@ class PublishedWeights(Mapping[str, Tensor]):
 
     def _materialized(self) -> dict[str, Tensor]:
         if self._state is None:
-            self._state = unpack(self.slots, ray.get(self.buckets))
+            buckets = self.buckets
+            if buckets is None:
+                buckets = self.source.publish.options(num_returns=2).remote()[1]
+            self._state = unpack(self.slots, ray.get(buckets))
         return self._state
 
     def __getitem__(self, name: str) -> Tensor:
@@ -107,6 +114,11 @@ class LearnerGroup:
 
     def __init__(self, actors: list[Actor], cfg: Config) -> None:
         self.actors, self.timeout, self.verify = actors, cfg.distributed.call_timeout, cfg.distributed.verify_sync
+        self.broadcast = cfg.distributed.weight_sync == "broadcast"
+        # FSDP2: the weights are shards; rank 0 gathers them with the others' help (a collective) to publish or save
+        self.sharded = cfg.distributed.strategy == "fsdp2" and len(actors) > 1
+        self.writers = None if self.sharded else 1  # the ranks that take part in save and export
+        self.layout: list[Slot] | None = None  # of the weights (broadcast: fetched once)
 
     def _all(self, method: str, *args: Any, ranks: int | None = None) -> list[Any]:
         """`method(*args)` on every rank (or the first `ranks`); a rank that fails ends the run at once."""
@@ -130,21 +142,30 @@ class LearnerGroup:
         self._all("reset_optimizer")
 
     def state_dict(self) -> PublishedWeights:
-        """Rank 0 publishes its weights (all ranks hold the same after a DDP step)."""
+        """Rank 0 publishes its weights (all ranks hold the same after a DDP step): into the object
+        store, or, to be broadcast, only their digest (the layout once)."""
+        if self.sharded:
+            self._all("gather")
+        digest = self._all("digest", ranks=1)[0] if self.verify else None
+        if self.broadcast:
+            if self.layout is None:
+                [self.layout] = self._all("layout", ranks=1)
+            return PublishedWeights(self.layout, None, digest, source=self.actors[0])
         slots, buckets = self.actors[0].publish.options(num_returns=2).remote()
         [slot_list] = gather([slots], self.timeout, lambda _, f: _raise(f"learner rank 0 {f.why} during publish"))
-        return PublishedWeights(slot_list, buckets, self._all("digest", ranks=1)[0] if self.verify else None)
+        return PublishedWeights(slot_list, buckets, digest)
 
     def digests(self) -> list[str]:
-        """Every rank's weight digest."""
+        """Every rank's weight digest (FSDP2: rank 0's of the weights it gathered last, the others' of {})."""
         return self._all("digest")
 
     def save(self, directory: Path) -> None:
-        """Rank 0 writes the checkpoint (on a cluster, `run.output_dir` must be shared storage)."""
-        self._all("save", str(directory), ranks=1)
+        """Rank 0 writes the checkpoint, FSDP2 ranks their optimizer shards too (on a cluster,
+        `run.output_dir` must be shared storage)."""
+        self._all("save", str(directory), ranks=self.writers)
 
     def export(self, directory: Path) -> None:
-        self._all("export", str(directory), ranks=1)
+        self._all("export", str(directory), ranks=self.writers)
 
     def load_optimizer(self, directory: Path) -> None:
         self._all("load_optimizer", str(directory))
@@ -168,8 +189,9 @@ class RolloutWorkers:
     def __init__(self, actors: list[Actor], spawn: Callable[[], Actor] | None, cfg: Config) -> None:
         self.actors, self.spawn = list(actors), spawn
         self.timeout, self.restarts_left = cfg.distributed.call_timeout, cfg.distributed.max_restarts
-        self.bucket_bytes = cfg.distributed.bucket_mb << 20
+        self.bucket_bytes, self.interface = cfg.distributed.bucket_mb << 20, cfg.distributed.network_interface
         self.version, self.weights = 0, None
+        self.grouped = False  # in a broadcast group with learner rank 0 (formed again after a replacement)
         self.sync: dict[str, float] = {}  # the last sync's figures, reported with the next generate
 
     def update_weights(self, version: int, state: Mapping[str, Tensor]) -> None:
@@ -178,20 +200,65 @@ class RolloutWorkers:
         if self.spawn is None:  # colocated
             self._each(lambda w: self.actors[w].set_version.remote(version), "set the weight version")
             return
-        self.weights = state if isinstance(state, PublishedWeights) else PublishedWeights.put(state, self.bucket_bytes)
+        weights = state if isinstance(state, PublishedWeights) else PublishedWeights.put(state, self.bucket_bytes)
         began = time.perf_counter()
-        digests = self._each(lambda w: self._load(self.actors[w]), "load weights")
-        self.sync = {"sync_bytes": float(self.weights.nbytes * len(self.actors)),
+        if weights.buckets is None:
+            digests = self._broadcast(weights)
+        else:
+            self.weights = weights
+            digests = self._each(lambda w: self._load(self.actors[w]), "load weights")
+        self.sync = {"sync_bytes": float(weights.nbytes * len(self.actors)),
                      "time_weight_load": time.perf_counter() - began}
-        expected = self.weights.digest
+        expected = weights.digest
         wrong = [index for index, found in enumerate(digests) if expected is not None and found != expected]
         if wrong:
             raise BackendError(f"weight sync of version {version}: rollout worker {wrong[0]} holds other weights "
                                f"than the learners (digest {digests[wrong[0]]} != {expected})")
 
     def _load(self, actor: Actor) -> ray.ObjectRef:
+        """`actor` loads the current weights from the object store (a broadcast version is fetched
+        from learner rank 0 first: a replacement worker joins the group only at the next version)."""
         assert self.weights is not None
+        if self.weights.buckets is None:
+            slots, buckets = self.weights.source.resend.options(num_returns=2).remote()
+            self.weights = PublishedWeights(self.weights.slots, buckets, self.weights.digest)
         return actor.load_weights.remote(self.version, self.weights.slots, self.weights.buckets)
+
+    def _broadcast(self, weights: PublishedWeights) -> list[str]:
+        """Learner rank 0 broadcasts `weights` to the workers (forming the group first, and again
+        after a worker was replaced, then sending again); the workers' digests."""
+        while True:
+            if not self.grouped:
+                self.grouped = self._form_group(weights.source, weights.slots)
+            if self.grouped:
+                received = self._on_group(weights.source, "receive weights", lambda rank, member: (
+                    member.receive_weights.remote(self.version) if rank else member.send_weights.remote()))
+                if received is not None:
+                    self.weights = weights
+                    return received[1:]
+
+    def _form_group(self, source: Actor, slots: list[Slot]) -> bool:
+        """Learner rank 0 (`source`) and every worker form a new broadcast group; False if a worker failed."""
+        [(address, port)] = gather([source.rendezvous.remote()], self.timeout,
+                                   lambda _, f: _raise(f"learner rank 0 {f.why} during rendezvous"))
+        world = len(self.actors) + 1
+        return self._on_group(source, "form the broadcast group", lambda rank, member: member.join_sync.remote(
+            rank, world, address, port, self.interface, slots)) is not None
+
+    def _on_group(self, source: Actor, what: str, call: Callable[[int, Actor], ray.ObjectRef]) -> list[Any] | None:
+        """`call(rank, member)` on every member of the broadcast group (rank 0: `source`). None when
+        workers died or hung (they are replaced: form the group again); a failed collective with no
+        dead member, or a failed learner rank 0, stops the run."""
+        outcomes = gather([call(rank, member) for rank, member in enumerate([source, *self.actors])], self.timeout)
+        if isinstance(outcomes[0], Failure):
+            raise BackendError(f"learner rank 0 {outcomes[0].why} while asked to {what}")
+        dead = [w for w, outcome in enumerate(outcomes[1:]) if isinstance(outcome, Failure)]
+        for w in dead:
+            self._replace(w, outcomes[w + 1].why, what, load=False)
+        broken = [outcome for outcome in outcomes if isinstance(outcome, CollectiveFailed)]
+        if broken and not dead:
+            raise BackendError(f"weight broadcast of version {self.version}: {broken[0].why}")
+        return None if dead else outcomes
 
     def _each(self, call: Callable[[int], ray.ObjectRef], what: str) -> list[Any]:
         """`call(w)` for every worker w (see `_collect`)."""
@@ -211,7 +278,9 @@ class RolloutWorkers:
             refs = [call(index) for index in todo]
         return results
 
-    def _replace(self, index: int, why: str, what: str) -> None:
+    def _replace(self, index: int, why: str, what: str, load: bool = True) -> None:
+        """Worker `index` is killed and a new actor takes its place; it loads the current weights
+        unless `load` is False (it is about to receive them in a broadcast)."""
         if self.spawn is None:
             # colocated: the worker is a learner rank, and a static DDP group takes no replacement
             raise BackendError(f"learner rank {index} of {len(self.actors)} {why} during {what}")
@@ -221,7 +290,8 @@ class RolloutWorkers:
         self.restarts_left -= 1
         ray.kill(self.actors[index], no_restart=True)
         self.actors[index] = self.spawn()
-        if self.weights is not None:
+        self.grouped = False
+        if load and self.weights is not None:
             [digest] = gather([self._load(self.actors[index])], self.timeout)
             if isinstance(digest, Failure):
                 raise BackendError(f"the replacement of rollout worker {index} {digest.why} while loading weights")

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
+
+ALIGN = 16  # bytes: every tensor starts at a multiple of this in its buffer
 
 
 @dataclass(frozen=True)
@@ -28,33 +30,49 @@ class Slot:
     nbytes: int
 
 
-def pack(state: Mapping[str, Tensor], bucket_bytes: int) -> tuple[list[Slot], list[np.ndarray]]:
-    """The tensors of `state`, in order, laid end to end in buffers of at most `bucket_bytes`
-    (a tensor larger than that gets a buffer of its own)."""
+def layout(state: Mapping[str, Tensor], bucket_bytes: int) -> list[Slot]:
+    """Where `pack` puts each tensor of `state`: in order, each at an offset aligned to `ALIGN`
+    bytes (so a tensor can view its bytes in place), in buffers of at most `bucket_bytes` (a tensor
+    larger than that gets a buffer of its own)."""
     slots: list[Slot] = []
-    sizes: list[int] = []
+    bucket, size = 0, 0
     for name, tensor in state.items():
         nbytes = tensor.numel() * tensor.element_size()
-        if not sizes or (sizes[-1] and sizes[-1] + nbytes > bucket_bytes):
-            sizes.append(0)
-        slots.append(Slot(name, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), len(sizes) - 1,
-                          sizes[-1], nbytes))
-        sizes[-1] += nbytes
-    buckets = [np.empty(size, dtype=np.uint8) for size in sizes]
+        offset = size + -size % ALIGN
+        if size and offset + nbytes > bucket_bytes:
+            bucket, offset = bucket + 1, 0
+        slots.append(Slot(name, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), bucket, offset, nbytes))
+        size = offset + nbytes
+    return slots
+
+
+def bucket_sizes(slots: list[Slot]) -> list[int]:
+    """The byte size of each buffer of a layout."""
+    sizes = [0] * (slots[-1].bucket + 1) if slots else []
+    for slot in slots:
+        sizes[slot.bucket] = slot.offset + slot.nbytes
+    return sizes
+
+
+def pack(state: Mapping[str, Tensor], bucket_bytes: int) -> tuple[list[Slot], list[np.ndarray]]:
+    """The tensors of `state` as raw bytes in the buffers of `layout(state, bucket_bytes)`."""
+    slots = layout(state, bucket_bytes)
+    buckets = [np.empty(size, dtype=np.uint8) for size in bucket_sizes(slots)]
     for slot, tensor in zip(slots, state.values()):
         raw = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
         buckets[slot.bucket][slot.offset : slot.offset + slot.nbytes] = raw.numpy()
     return slots, buckets
 
 
-def unpack(slots: list[Slot], buckets: list[np.ndarray]) -> dict[str, Tensor]:
+def unpack(slots: list[Slot], buckets: Sequence[np.ndarray | Tensor]) -> dict[str, Tensor]:
     """The state dict `pack` laid out, as tensors viewing the buffers (no copy). Buffers from the
     object store are read-only: copy the tensors in (`load_state_dict`), never write to them."""
     state = {}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensors = [bucket if isinstance(bucket, Tensor) else torch.from_numpy(bucket) for bucket in buckets]
         for slot in slots:
-            raw = torch.from_numpy(buckets[slot.bucket][slot.offset : slot.offset + slot.nbytes])
+            raw = tensors[slot.bucket][slot.offset : slot.offset + slot.nbytes]
             state[slot.name] = raw.view(getattr(torch, slot.dtype)).reshape(slot.shape)
     return state
 

@@ -41,6 +41,8 @@ from mirrorl.train.resume import MODEL_DIR
 from mirrorl.train.state import read_optimizer_state, write_optimizer_state
 from mirrorl.types import Sample, StepMetrics, TrainBatch
 
+OPTIMIZER_SHARDS = "optimizer_shards"  # in a checkpoint: FSDP2 learners' optimizer state (torch.distributed.checkpoint)
+
 
 def per_token(prompt_lengths: Sequence[int], values: Sequence[Sequence[float]], like: Tensor) -> Tensor:
     """Each sample's per-response-token `values` under its tokens, shaped like `like` [N, T-1]
@@ -100,10 +102,13 @@ class PolicyLogProbs(torch.nn.Module):
     def __init__(self, model: PreTrainedModel, chunk_size: int) -> None:
         super().__init__()
         self.model, self.chunk_size = model, chunk_size
+        self.copy_out = False  # FSDP2 hooks its output and warns about views (the chunks come back as one)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, with_entropy: bool = False
                 ) -> tuple[Tensor, Tensor | None]:
         out = sequence_logprobs(self.model, input_ids, attention_mask, self.chunk_size, with_entropy)
+        if self.copy_out:
+            return out.logprobs.clone(), None if out.entropy is None else out.entropy.clone()
         return out.logprobs, out.entropy
 
 
@@ -136,6 +141,21 @@ def combine(shares: Sequence[StepShare]) -> StepMetrics:
                        logprob_gap=mean([s.logprob_gap for s in shares]))
 
 
+def _fully_shard(scorer: PolicyLogProbs) -> None:
+    """FSDP2 over the learner ranks: each transformer block its own group (the classes Hugging Face
+    lists in `_no_split_modules`), the rest (embeddings, final norm, a tied head) in the root's,
+    so `sequence_logprobs` may call the decoder and the head directly inside the root's forward.
+    The root reshards after every forward too, so no full copy lingers after a no-grad pass."""
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = set(getattr(scorer.model, "_no_split_modules", None) or ())
+    for module in scorer.model.modules():
+        if type(module).__name__ in blocks:
+            fully_shard(module)
+    fully_shard(scorer, reshard_after_forward=True)
+    scorer.copy_out = True
+
+
 def _data_parallel(module: torch.nn.Module) -> DistributedDataParallel:
     """DDP without syncing buffers on every forward: the policy's buffers (rotary tables) are
     constants, and the sync is a collective that ranks running different forwards would not match.
@@ -147,34 +167,42 @@ def _data_parallel(module: torch.nn.Module) -> DistributedDataParallel:
 
 class LocalTrainer:
     """The policy and its optimizer in this process (the `mirrorl.types.Trainer` of one device), or
-    one rank of a data-parallel learner group when torch.distributed is initialised (`distributed`).
+    one rank of a data-parallel learner group when torch.distributed is initialised (`parallel`).
 
-    Data parallel (DistributedDataParallel): every rank receives the whole `TrainBatch` and, in each
-    mini-batch, trains the groups dealt to it (whole groups, so baselines stay per group). A rank's
-    loss, a mean over its own rows (or tokens), is rescaled by its share of the mini-batch's total,
-    so the gradient DDP averages is that of the whole mini-batch, as in one process. A rank without
-    a group in a mini-batch still takes part with a zero loss, so every rank makes the same calls.
+    Data parallel ("ddp": DistributedDataParallel, every rank holds the whole model and optimizer;
+    "fsdp2": fully_shard, each rank holds a shard of the parameters, gradients and optimizer state):
+    every rank receives the whole `TrainBatch` and, in each mini-batch, trains the groups dealt to
+    it (whole groups, so baselines stay per group). A rank's loss, a mean over its own rows (or
+    tokens), is rescaled by its share of the mini-batch's total, so the gradient the ranks average
+    is that of the whole mini-batch, as in one process. A rank without a group in a mini-batch still
+    takes part with a zero loss, so every rank makes the same calls (under FSDP2 every forward is a
+    collective, so no-grad passes are matched too).
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, loss: str,
                  loss_params: Mapping[str, Any], lr: float, grad_clip: float, logprob_chunk_size: int,
                  off_policy_correction: Literal["none", "truncated_is"], is_cap: float,
-                 distributed: bool = False) -> None:
+                 parallel: Literal["ddp", "fsdp2"] | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.loss: Callable[[LossInputs], LossOutput] = partial(LOSSES[loss], **loss_params)
         self.lr, self.grad_clip = lr, grad_clip
         self.correct_off_policy, self.is_cap = off_policy_correction == "truncated_is", is_cap
         self.device = next(model.parameters()).device
-        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if parallel else (0, 1)
+        self.sharded = parallel == "fsdp2"
         self.scorer = PolicyLogProbs(model, logprob_chunk_size)
-        self.trained = _data_parallel(self.scorer) if distributed else self.scorer
+        if self.sharded:
+            _fully_shard(self.scorer)
+        self.trained = _data_parallel(self.scorer) if parallel == "ddp" else self.scorer
         self.optimizer = self._new_optimizer()
 
     @classmethod
     def from_config(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Config,
                     distributed: bool = False) -> LocalTrainer:
+        """`distributed`: one rank of the torch.distributed group, training by `distributed.strategy`."""
         return cls(model, tokenizer, cfg.algo.loss, cfg.algo.loss_params(), cfg.rl.lr, cfg.rl.grad_clip,
-                   cfg.rl.logprob_chunk_size, cfg.rl.off_policy_correction, cfg.rl.is_cap, distributed)
+                   cfg.rl.logprob_chunk_size, cfg.rl.off_policy_correction, cfg.rl.is_cap,
+                   cfg.distributed.strategy if distributed else None)
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.model.parameters(), lr=self.lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -183,17 +211,51 @@ class LocalTrainer:
         self.optimizer = self._new_optimizer()
 
     def state_dict(self) -> Mapping[str, Tensor]:
-        return self.model.state_dict()
+        """The weights. FSDP2: a collective; rank 0 gets the full weights on the CPU, the others {}."""
+        if not self.sharded:
+            return self.model.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def export(self, directory: Path) -> None:
-        save_policy(self.model, self.tokenizer, directory)
+        """A Hugging Face checkpoint of the policy (FSDP2: every rank gathers, rank 0 writes)."""
+        if not self.sharded:
+            save_policy(self.model, self.tokenizer, directory)
+            return
+        full = self.state_dict()
+        if self.rank == 0:  # gathered, a tied head is a copy: written once, as the model's own weights would be
+            tied = ({name for name, _ in self.model.named_parameters(remove_duplicate=False)}
+                    - {name for name, _ in self.model.named_parameters()})
+            save_policy(self.model, self.tokenizer, directory,
+                        state_dict={name: tensor for name, tensor in full.items() if name not in tied})
 
     def save(self, directory: Path) -> None:
+        """The policy and the optimizer state (FSDP2: every rank writes its optimizer shard, with
+        torch.distributed.checkpoint, into `directory`, which all ranks must see)."""
         self.export(directory / MODEL_DIR)
-        write_optimizer_state(directory, self.optimizer)
+        if not self.sharded:
+            write_optimizer_state(directory, self.optimizer)
+            return
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        dcp.save({"optimizer": get_optimizer_state_dict(self.scorer, self.optimizer)},
+                 checkpoint_id=directory / OPTIMIZER_SHARDS)
 
     def load_optimizer(self, directory: Path) -> None:
-        read_optimizer_state(directory, self.optimizer)
+        if not self.sharded:
+            read_optimizer_state(directory, self.optimizer)
+            return
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+        if not (directory / OPTIMIZER_SHARDS).is_dir():
+            raise ValueError(f"{directory} has no {OPTIMIZER_SHARDS}/: its optimizer state was not written by "
+                             "FSDP2 learners; resume with the distributed.strategy it was trained with")
+        state = {"optimizer": get_optimizer_state_dict(self.scorer, self.optimizer)}
+        dcp.load(state, checkpoint_id=directory / OPTIMIZER_SHARDS)
+        set_optimizer_state_dict(self.scorer, self.optimizer, optim_state_dict=state["optimizer"])
 
     def share(self, rows: Tensor, group_ids: Tensor) -> Tensor:
         """The rows of `rows` this rank trains: its groups, dealt round-robin in group order."""
@@ -209,11 +271,16 @@ class LocalTrainer:
         if not batch.older.any():
             return batch.behaviour_logprobs
         ref = torch.zeros_like(batch.loss_mask)  # [N, T-1]
-        for start in range(0, len(rows), micro):
-            chunk = rows[start : start + micro]
+        chunks = [rows[start : start + micro] for start in range(0, len(rows), micro)]
+        calls = len(chunks)
+        if self.sharded:  # a forward is a collective: as many as the rank with the most chunks, the extra discarded
+            calls = int(self._sum_over_ranks(float(calls), op=dist.ReduceOp.MAX))
+        for index in range(calls):
+            chunk = chunks[index] if index < len(chunks) else batch.minibatches[0][:1]
             input_ids, attention_mask, _ = _rows(batch, chunk)
             logprobs, _ = self.scorer(input_ids, attention_mask)  # not through DDP: ranks differ in rows
-            ref[chunk, : logprobs.shape[1]] = logprobs
+            if index < len(chunks):
+                ref[chunk, : logprobs.shape[1]] = logprobs
         return ref
 
     def train_step(self, batch: TrainBatch, lr: float) -> StepMetrics:
@@ -269,6 +336,10 @@ class LocalTrainer:
         (DDP averages the ranks' gradients): count * ranks / the ranks' total count; 1 in one process."""
         if self.world == 1:
             return 1.0
-        total = torch.tensor([count], dtype=torch.float64, device=self.device)  # NCCL reduces device tensors
-        dist.all_reduce(total)
-        return count * self.world / float(total) if float(total) > 0 else 0.0
+        total = self._sum_over_ranks(count)
+        return count * self.world / total if total > 0 else 0.0
+
+    def _sum_over_ranks(self, value: float, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> float:
+        reduced = torch.tensor([value], dtype=torch.float64, device=self.device)  # NCCL reduces device tensors
+        dist.all_reduce(reduced, op=op)
+        return float(reduced)
