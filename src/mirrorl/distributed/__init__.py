@@ -8,14 +8,15 @@ the two seams change (`mirrorl.types`):
     a call's requests are spread over them by length, and a worker that dies or hangs is replaced
     and its requests re-run (each request is answered exactly once);
   - the trainer is `LearnerGroup`: M Ray actors forming a torch.distributed group (gloo on CPU,
-    NCCL on CUDA) that trains with DistributedDataParallel; rank 0 writes checkpoints.
-After each optimize the learners publish the new version as a few byte buffers in Ray's object
-store (`mirrorl.distributed.weights`); every worker loads it before generating and reports the
+    NCCL on CUDA) that trains with DistributedDataParallel or FSDP2; rank 0 writes checkpoints.
+After each optimize the learners publish the new version as a few byte buffers
+(`mirrorl.distributed.weights`), through Ray's object store or a broadcast group of rank 0 and the
+workers (`mirrorl.distributed.sync`); every worker loads it before generating and reports the
 version it generated with, and its weights' digest is checked against the learners'.
 
-Modules: `weights` (packing and digests), `actor` (what runs in one actor), `cluster` (the driver
-side: starting actors, the two seams, timeouts and replacement). Ray is an optional dependency,
-imported only here and only when the backend is used.
+Modules: `weights` (packing and digests), `sync` (the broadcast group), `actor` (what runs in one
+actor), `cluster` (the driver side: starting actors, the two seams, timeouts and replacement). Ray
+is an optional dependency, imported only here and only when the backend is used.
 """
 
 

@@ -146,7 +146,10 @@ def _fully_shard(scorer: PolicyLogProbs) -> None:
     lists in `_no_split_modules`), the rest (embeddings, final norm, a tied head) in the root's,
     so `sequence_logprobs` may call the decoder and the head directly inside the root's forward.
     The root reshards after every forward too, so no full copy lingers after a no-grad pass."""
-    from torch.distributed.fsdp import fully_shard
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError as err:  # public since torch 2.6
+        raise ValueError(f"distributed.strategy=fsdp2 needs torch>=2.6 (this is {torch.__version__})") from err
 
     blocks = set(getattr(scorer.model, "_no_split_modules", None) or ())
     for module in scorer.model.modules():
