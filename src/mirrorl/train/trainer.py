@@ -277,7 +277,7 @@ class LocalTrainer:
         chunks = [rows[start : start + micro] for start in range(0, len(rows), micro)]
         calls = len(chunks)
         if self.sharded:  # a forward is a collective: as many as the rank with the most chunks, the extra discarded
-            calls = int(self._sum_over_ranks(float(calls), op=dist.ReduceOp.MAX))
+            calls = int(self._reduce_over_ranks(float(calls), op=dist.ReduceOp.MAX))
         for index in range(calls):
             chunk = chunks[index] if index < len(chunks) else batch.minibatches[0][:1]
             input_ids, attention_mask, _ = _rows(batch, chunk)
@@ -339,10 +339,10 @@ class LocalTrainer:
         (DDP averages the ranks' gradients): count * ranks / the ranks' total count; 1 in one process."""
         if self.world == 1:
             return 1.0
-        total = self._sum_over_ranks(count)
+        total = self._reduce_over_ranks(count)
         return count * self.world / total if total > 0 else 0.0
 
-    def _sum_over_ranks(self, value: float, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> float:
+    def _reduce_over_ranks(self, value: float, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> float:
         reduced = torch.tensor([value], dtype=torch.float64, device=self.device)  # NCCL reduces device tensors
         dist.all_reduce(reduced, op=op)
         return float(reduced)
