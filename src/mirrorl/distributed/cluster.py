@@ -220,7 +220,7 @@ class RolloutWorkers:
         from learner rank 0 first: a replacement worker joins the group only at the next version)."""
         assert self.weights is not None
         if self.weights.buckets is None:
-            slots, buckets = self.weights.source.resend.options(num_returns=2).remote()
+            _, buckets = self.weights.source.resend.options(num_returns=2).remote()
             self.weights = PublishedWeights(self.weights.slots, buckets, self.weights.digest)
         return actor.load_weights.remote(self.version, self.weights.slots, self.weights.buckets)
 
