@@ -226,7 +226,10 @@ class RolloutWorkers:
 
     def _broadcast(self, weights: PublishedWeights) -> list[str]:
         """Learner rank 0 broadcasts `weights` to the workers (forming the group first, and again
-        after a worker was replaced, then sending again); the workers' digests."""
+        after a worker was replaced, then sending again); the workers' digests. A worker that died
+        since the last call is found (and replaced) first: a collective would wait for it until
+        `collective_timeout`."""
+        self._each(lambda w: self.actors[w].pid.remote(), "answer")
         while True:
             if not self.grouped:
                 self.grouped = self._form_group(weights.source, weights.slots)
@@ -249,9 +252,12 @@ class RolloutWorkers:
         """`call(rank, member)` on every member of the broadcast group (rank 0: `source`). None when
         workers died or hung (they are replaced: form the group again); a failed collective with no
         dead member, or a failed learner rank 0, stops the run."""
-        outcomes = gather([call(rank, member) for rank, member in enumerate([source, *self.actors])], self.timeout)
-        if isinstance(outcomes[0], Failure):
-            raise BackendError(f"learner rank 0 {outcomes[0].why} while asked to {what}")
+        def stop(rank: int, failure: Failure) -> None:  # a dead rank 0 ends the run at once
+            if rank == 0:
+                raise BackendError(f"learner rank 0 {failure.why} while asked to {what}")
+
+        outcomes = gather([call(rank, member) for rank, member in enumerate([source, *self.actors])], self.timeout,
+                          stop)
         dead = [w for w, outcome in enumerate(outcomes[1:]) if isinstance(outcome, Failure)]
         for w in dead:
             self._replace(w, outcomes[w + 1].why, what, load=False)
@@ -289,10 +295,14 @@ class RolloutWorkers:
                                "(distributed.max_restarts)")
         self.restarts_left -= 1
         ray.kill(self.actors[index], no_restart=True)
-        self.actors[index] = self.spawn()
+        new = self.actors[index] = self.spawn()
         self.grouped = False
+        [ready] = gather([new.ready.remote()], self.timeout)  # awaited: a broadcast group would not wait for it
+        if ready is not None:
+            why = ready.why if isinstance(ready, Failure) else f"could not load the policy: {ready}"
+            raise BackendError(f"the replacement of rollout worker {index} {why}")
         if load and self.weights is not None:
-            [digest] = gather([self._load(self.actors[index])], self.timeout)
+            [digest] = gather([self._load(new)], self.timeout)
             if isinstance(digest, Failure):
                 raise BackendError(f"the replacement of rollout worker {index} {digest.why} while loading weights")
         console.print(f"rollout worker {index} {why} while asked to {what}: replaced, and the call made again")
