@@ -4,6 +4,7 @@
     mirrorl sft -c configs/demo.yaml sft.steps=100
     mirrorl rl  -c configs/demo.yaml algo.tau=0.05 rl.iterations=20
     mirrorl eval -c configs/demo.yaml eval.checkpoint=runs/demo/rl/final
+    mirrorl view runs/demo                        # runs/demo/report.html: curves and the samples themselves
     mirrorl rl  -c configs/demo.yaml --resume     # continue from the newest checkpoint
     mirrorl sandbox run solution.py tests.jsonl   # one program against tests, verdict as JSON
     mirrorl gen-tests problems.jsonl kept.jsonl --generator gen.py
@@ -156,6 +157,17 @@ def plot(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> N
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     typer.echo(plot_run(run_dir, summary))
+
+
+@app.command()
+@_user_errors
+def view(run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+         out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write (default RUN_DIR/report.html).")]
+         = None) -> None:
+    """Write one self-contained HTML report of a run: curves, samples, groups, evaluations (opens from disk)."""
+    from mirrorl.view import write_report
+
+    typer.echo(write_report(run_dir, out))
 
 
 sandbox_app = typer.Typer(no_args_is_help=True, help="The code sandbox of the code reward.")

@@ -6,7 +6,8 @@ Run directory layout (`run.output_dir`):
   rl/final/                RL policy (HF format)           rl_metrics.jsonl
   checkpoints/sft|rl/      step-NNNNNN/ checkpoints and `latest` (see train/resume.py)
   eval_<name>.json         evaluation results              tensorboard/<phase>/
-  curves.png, summary.json (demo)
+  eval_<name>_samples.jsonl  every evaluated response      rollouts/<iteration>.jsonl  RL samples
+  curves.png, summary.json, report.html (demo; `mirrorl view` for any run)
 
 `start` of sft, rl and demo: "new" refuses a directory that already holds the phase, "resume"
 continues from its newest checkpoint, "overwrite" replaces it. Every input (config, policy, data,
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from mirrorl.config import Config, dump_config
 from mirrorl.data.encode import encode_prompt, encode_response
@@ -44,6 +46,7 @@ from mirrorl.train.resume import (
     open_phase,
 )
 from mirrorl.train.rl import RLResult, train_rl
+from mirrorl.train.rollout_log import write_jsonl
 from mirrorl.train.sft import SFTExample, train_sft
 from mirrorl.train.trainer import LocalTrainer
 
@@ -64,7 +67,9 @@ def seed_everything(seed: int) -> None:
 
 
 def prepare(cfg: Config) -> Path:
-    """Seed, set threads and create the run directory."""
+    """Seed, set threads and create the run directory. Only mirrorl's own progress lines show:
+    transformers' bars ('Loading weights', 'Writing model shards') are switched off."""
+    hf_logging.disable_progress_bar()
     seed_everything(cfg.run.seed)
     if cfg.run.num_threads:
         torch.set_num_threads(cfg.run.num_threads)
@@ -198,7 +203,8 @@ def _run_rl_on_ray(cfg: Config, start: Start, resume: Checkpoint | None, policy:
 
 
 def run_eval(cfg: Config, checkpoint: str | Path, name: str) -> EvalResult:
-    """Evaluate a policy on the held-out split and write `eval_<name>.json`."""
+    """Evaluate a policy on the held-out split and write `eval_<name>.json` and its samples,
+    `eval_<name>_samples.jsonl`."""
     reward = GuardedReward(get_reward(cfg.rl.reward, cfg.rewards))
     out = prepare(cfg)
     model, tokenizer = open_policy(cfg, checkpoint)
@@ -209,6 +215,7 @@ def run_eval(cfg: Config, checkpoint: str | Path, name: str) -> EvalResult:
     result = evaluate(generator, tokenizer, problems, reward, params, cfg.eval.num_samples, cfg.eval.greedy,
                       cfg.data.use_chat_template, cfg.run.seed)
     (out / f"eval_{name}.json").write_text(json.dumps({"checkpoint": str(checkpoint), **result.as_dict()}, indent=2))
+    write_jsonl(out / f"eval_{name}_samples.jsonl", result.records)
     greedy = "-" if result.greedy_accuracy is None else f"{result.greedy_accuracy:.3f}"
     console.print(f"eval {name}: pass@1 {result.pass1:.3f} (n={result.num_samples}), greedy {greedy}, "
                   f"mean tokens {result.mean_tokens:.1f} on {result.num_problems} problems")
@@ -229,6 +236,7 @@ def _demo_start(cfg: Config, phase: str, start: Start) -> Start:
 def run_demo(cfg: Config, start: Start = "new") -> dict:
     """The embedded default end to end: SFT from scratch, eval, RL, eval; writes summary.json."""
     from mirrorl.plots import plot_run
+    from mirrorl.view import write_report
 
     began = time.perf_counter()
     sft_path = run_sft(cfg, _demo_start(cfg, "sft", start))
@@ -253,7 +261,9 @@ def run_demo(cfg: Config, start: Start = "new") -> dict:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_run(out, summary)
+    report = write_report(out)
     console.print(f"demo: pass@1 {summary['sft_accuracy']:.3f} after SFT -> {summary['rl_accuracy']:.3f} after RL, "
                   f"mean tokens {summary['sft_mean_tokens']:.1f} -> {summary['rl_mean_tokens']:.1f}, "
-                  f"{summary['wall_seconds']:.0f} s. See {out / 'curves.png'} and {out / 'summary.json'}")
+                  f"{summary['wall_seconds']:.0f} s. See {report} (the samples), {out / 'curves.png'} and "
+                  f"{out / 'summary.json'}")
     return summary

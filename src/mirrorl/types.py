@@ -195,6 +195,8 @@ class StepMetrics:
     # mean |log pi_i| difference between the trainer's forward and the generator's log-probs of the tokens
     # pi_i sampled (first mini-batch, before any step); None when there were none
     logprob_gap: float | None = None
+    # batch row -> off-policy weight of the samples with tokens from earlier policies (partial rollouts)
+    sample_weights: dict[int, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, float]:
         optional = {"stale_weight_mean": self.stale_weight_mean, "logprob_gap": self.logprob_gap}

@@ -64,6 +64,12 @@ def test_mirrorl_eval_reports_unscored_samples_and_fails_only_when_none_was_scor
     (saved_path,) = (tmp_path / "some").glob("eval_*.json")
     saved = json.loads(saved_path.read_text())
     assert saved["unscored"] > 0 and "responses unscored" in some.output and "cannot score this response" in some.output
+    assert "Loading weights" not in some.output  # only mirrorl's own lines: transformers' bars are off
+    samples = [json.loads(line) for line in saved_path.with_name(f"{saved_path.stem}_samples.jsonl").open()]
+    assert len(samples) == saved["num_problems"] * (saved["num_samples"] + 1)  # n sampled and one greedy each
+    assert sum(row["score"] is None for row in samples) == saved["unscored"]
+    assert sum(row["greedy"] for row in samples) == saved["num_problems"]
+    assert {"input", "output", "gts", "score", "step", "correct", "tokens", "finish_reason"} <= samples[0].keys()
     every = _eval(tmp_path / "all", tiny_policy_dir, "toy_rewards:always_raises")
     assert every.exit_code != 0
     message = every.output.strip().splitlines()[-1]

@@ -275,6 +275,12 @@ class RLConfig(Section):
         "all", description="Partial rollouts: train on every response token, or only on the segment generated "
         "by the current policy.",
     )
+    log_rollouts_every: int = Field(
+        1, ge=0, description="Write an iteration's samples (prompt, response, reference, rewards, advantage, ...) "
+        "to rollouts/{iteration}.jsonl every N iterations; 0 never.",
+    )
+    log_rollout_groups: int = Field(8, ge=1, description="Groups written per logged iteration (the first drawn).")
+    log_logprobs: bool = Field(False, description="Also write each response token's log-prob and text.")
 
     @model_validator(mode="after")
     def _partial_settings_need_a_budget(self) -> RLConfig:

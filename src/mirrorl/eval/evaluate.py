@@ -8,20 +8,26 @@ Responses go through the same guarded batch reward as in RL. One the reward coul
 returned None or raised) is left out of every accuracy, never counted as wrong, and reported in
 `unscored`; when not one response could be scored, evaluation fails with a one-line error.
 
-Does not: pass@k for k > 1, majority voting, or write the samples themselves.
+The samples themselves come back as `EvalResult.records`, one per response, with the fields of
+RL's rollout logs that apply (`mirrorl.train.rollout_log`: verl's `input`, `output`, `gts`, `score`,
+`step`, then `problem`, `sample` (its index among the n), `greedy`, `correct` (None: unscored),
+`tokens`, `finish_reason`, `difficulty`); `mirrorl eval` writes them next to its summary.
+
+Does not: pass@k for k > 1, majority voting.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from mirrorl.data.encode import encode_prompt
 from mirrorl.rewards.batch import GuardedReward, Scores
-from mirrorl.types import Generator, Problem, Request, SamplingParams
+from mirrorl.types import Completion, Generator, Problem, Request, SamplingParams
 
 
 @dataclass
@@ -34,9 +40,11 @@ class EvalResult:
     unscored: int  # responses (sampled and greedy) the reward could not score
     pass1_by_difficulty: dict[str, float]
     first_reward_error: str | None = None
+    records: list[dict[str, Any]] = field(default_factory=list, repr=False)  # the samples (module docstring)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The summary (without the samples)."""
+        return {key: value for key, value in asdict(self).items() if key != "records"}
 
 
 def _accuracy(values: Sequence[float | None]) -> float | None:
@@ -77,11 +85,24 @@ def evaluate(generator: Generator, tokenizer: PreTrainedTokenizerBase, problems:
     targets = [p for p in problems for _ in range(num_samples)]
     outs = generator.generate([Request(p) for p in prompts for _ in range(num_samples)], params, seed).completions
 
-    def scores(completions: Sequence, for_problems: Sequence[Problem]) -> Scores:
-        texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
-        return reward(texts, for_problems)
+    records: list[dict[str, Any]] = []
 
-    sampled = scores(outs, targets)
+    def scores(completions: Sequence[Completion], n: int, greedy: bool) -> Scores:
+        """Score `completions`, n per problem in order, and keep their records."""
+        texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
+        scored = reward(texts, [p for p in problems for _ in range(n)])
+        for j, (completion, text, value) in enumerate(zip(completions, texts, scored.values, strict=True)):
+            problem = problems[j // n]
+            records.append({
+                "input": tokenizer.decode(prompts[j // n], skip_special_tokens=True), "output": text,
+                "gts": problem.answer, "score": value, "step": 0, "problem": j // n, "sample": j % n,
+                "greedy": greedy, "correct": None if value is None else value >= 1.0,
+                "tokens": len(completion.token_ids), "finish_reason": completion.finish_reason,
+                "difficulty": problem.difficulty,
+            })
+        return scored
+
+    sampled = scores(outs, num_samples, greedy=False)
     if sampled.num_unscored == len(sampled.values):
         errors = sampled.errors
         cause = f"it raised {len(errors)} times, first: {errors[0]}" if errors else "it returned None for all"
@@ -89,9 +110,10 @@ def evaluate(generator: Generator, tokenizer: PreTrainedTokenizerBase, problems:
     greedy_scores = None
     if greedy:
         greedy_outs = generator.generate([Request(p) for p in prompts], replace(params, temperature=0.0), seed)
-        greedy_scores = scores(greedy_outs.completions, problems)
+        greedy_scores = scores(greedy_outs.completions, 1, greedy=True)
     result = tally(sampled.values, targets, num_samples, sum(len(o.token_ids) for o in outs) / len(outs),
                    greedy_scores.values if greedy_scores else None)
     errors = sampled.errors + (greedy_scores.errors if greedy_scores else [])
     result.first_reward_error = errors[0] if errors else None
+    result.records = records
     return result

@@ -15,7 +15,9 @@ Each iteration i reads top to bottom:
                 at the start of the iteration (configurable); the trainer's weights after the
                 steps, theta_{i+1}, are published to the generator as version i + 1 when the next
                 iteration begins;
-  5. log. The checkpoint of step i + 1 (when due) is written as iteration i + 1 begins (step 0.).
+  5. log      - the metrics, and every `rl.log_rollouts_every` iterations the samples themselves
+                (`rollouts/{i}.jsonl`, `mirrorl.train.rollout_log`). The checkpoint of step i + 1
+                (when due) is written as iteration i + 1 begins (step 0.).
 
 The loop receives its generator, trainer and reward (`mirrorl.types`): the colocated engine and
 the in-process trainer by default, another backend without a change here.
@@ -66,6 +68,7 @@ from mirrorl.rewards.batch import GuardedReward
 from mirrorl.rollout.partial import PartialRollouts, RolloutStep, Trajectory, rollout_metrics
 from mirrorl.train.metrics import MetricsLogger, console, progress_bar
 from mirrorl.train.resume import Checkpointing, TrainingStopped
+from mirrorl.train.rollout_log import RolloutLog, rollout_records
 from mirrorl.train.state import capture_rng, read_training_state, restore_rng
 from mirrorl.train.trainer import build_train_batch
 from mirrorl.types import Generator, Problem, Sample, Trainer
@@ -226,6 +229,7 @@ def train_rl(trainer: Trainer, generator: Generator, reward: GuardedReward, toke
         saved = load_loop_state(ckpt.resume.path, trainer, sampler, rollouts, rng, digest)
         first, accuracy = saved["iteration"], saved["accuracy"]
     asynchronous = cfg.run.backend == "ray" and cfg.distributed.max_staleness > 0
+    rollout_log = RolloutLog(logger.path.parent, first, cfg.rl.log_rollouts_every)
     prefetched: Callable[[], RolloutStep] | None = None  # this iteration's rollout, run during the last optimize
 
     def draw(i: int) -> None:  # 1. sample: iteration i's new problems join the buffer, k trajectories each
@@ -288,6 +292,10 @@ def train_rl(trainer: Trainer, generator: Generator, reward: GuardedReward, toke
                 metrics.update(iteration_metrics(samples, len(drawn), len(step.groups)), **step_metrics.as_dict(),
                                length_penalty_weight=weight, time_reward=t2 - t1, time_optimize=t3 - t2)
                 accuracy = metrics["accuracy"]
+            if rollout_log.due(iteration):  # (empty when no group finished)
+                rollout_log.write(iteration, rollout_records(
+                    samples, problems, tokenizer, iteration, cfg.rollout.repeat.penalty,
+                    step_metrics.sample_weights if samples else {}, cfg.rl.log_rollout_groups, cfg.rl.log_logprobs))
             metrics["time_iteration"] = time.perf_counter() - began  # 5. log
             logger.log(iteration, metrics)
             bar.update(task, advance=1, info=f"acc {accuracy:.2f} len {metrics.get('response_tokens', 0):.0f} "

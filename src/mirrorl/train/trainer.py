@@ -120,6 +120,7 @@ class StepShare:
     entropy: tuple[float, float]  # sum over trained tokens, their number
     stale_weights: tuple[float, int]  # sum of the off-policy weights, samples
     logprob_gap: tuple[float, float]  # sum of |trainer - generator| log-prob of pi_i's tokens, their number
+    sample_weights: dict[int, float]  # batch row -> off-policy weight, for this rank's rows with older tokens
 
 
 def combine(shares: Sequence[StepShare]) -> StepMetrics:
@@ -138,7 +139,8 @@ def combine(shares: Sequence[StepShare]) -> StepMetrics:
 
     return StepMetrics(loss=loss, entropy=mean([s.entropy for s in shares]) or 0.0,
                        stale_weight_mean=mean([s.stale_weights for s in shares]),
-                       logprob_gap=mean([s.logprob_gap for s in shares]))
+                       logprob_gap=mean([s.logprob_gap for s in shares]),
+                       sample_weights={row: w for share in shares for row, w in share.sample_weights.items()})
 
 
 def _fully_shard(scorer: PolicyLogProbs) -> None:
@@ -332,7 +334,9 @@ class LocalTrainer:
             steps.append((0 if idle else len(rows), {**figures, "grad_norm": float(grad_norm)}))
         self.model.eval()
         mine_weights = (0.0, 0) if weights is None else (float(weights[mine].sum()), len(mine))
-        return StepShare(steps, (entropy_sum, tokens), mine_weights, gap)
+        stale = [] if weights is None else [int(row) for row in mine if batch.older[row].any()]
+        per_sample = {row: float(weights[row]) for row in stale}
+        return StepShare(steps, (entropy_sum, tokens), mine_weights, gap, per_sample)
 
     def _share_of(self, count: float) -> float:
         """The factor that turns a rank's mean over `count` units into its part of the mini-batch mean
