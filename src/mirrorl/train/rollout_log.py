@@ -117,7 +117,7 @@ class RolloutLog:
         self.directory, self.every = run_dir / ROLLOUTS_DIR, every
         if self.directory.is_dir():
             for old in self.directory.glob("*.jsonl"):
-                if not old.stem.isdigit() or int(old.stem) >= first:
+                if old.stem.isdigit() and int(old.stem) >= first:
                     old.unlink()
 
     def due(self, iteration: int) -> bool:
