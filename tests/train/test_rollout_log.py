@@ -81,5 +81,6 @@ def test_a_resumed_run_rewrites_the_iterations_after_its_checkpoint(tmp_path):
         (rollouts / f"{iteration}.jsonl").write_text("{}\n")
     RolloutLog(tmp_path, first=3, every=1)
     assert sorted(path.stem for path in rollouts.glob("*.jsonl")) == ["0", "1", "2"]
-    RolloutLog(tmp_path, first=0, every=1)  # a new run starts empty
-    assert not list(rollouts.glob("*.jsonl"))
+    (rollouts / "notes.jsonl").write_text("{}\n")  # not an iteration's: left alone
+    RolloutLog(tmp_path, first=0, every=1)  # a new run starts without iteration files
+    assert [path.name for path in rollouts.glob("*.jsonl")] == ["notes.jsonl"]
