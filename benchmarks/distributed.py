@@ -65,7 +65,16 @@ def summarise(metrics: Path) -> dict[str, float]:
     return {key: round(value, 4) for key, value in out.items()}
 
 
+def policy_or_untrained(policy: Path | None, work: Path) -> Path:
+    """`policy`, or the demo's model architecture untrained, saved under `work`."""
+    if policy is not None:
+        return policy
+    save_policy(*build_tiny(load_config().model, 0), work / "policy")
+    return work / "policy"
+
+
 def run(policy: Path, overrides: list[str], out: Path) -> dict[str, float]:
+    """The RL loop from `policy` with `overrides`, and the figures of its metrics (`summarise`)."""
     cfg = load_config(None, [f"run.output_dir={out}", "run.tensorboard=false", *overrides])
     problems = load_split(cfg.data, "rl", cfg.run.seed)
     reward = GuardedReward(get_reward(cfg.rl.reward, cfg.rewards))
@@ -95,10 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        policy = args.policy
-        if policy is None:
-            policy = work / "policy"
-            save_policy(*build_tiny(load_config().model, 0), policy)
+        policy = policy_or_untrained(args.policy, work)
         common = [f"rl.iterations={args.iterations}"]
         ray = [*common, "run.backend=ray", "distributed.learners=2", "distributed.rollout_workers=2"]
         results = {"one_process": run(policy, common, work / "local")}

@@ -19,18 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from mirrorl.config import load_config
-from mirrorl.data.io import load_split
-from mirrorl.models import build_tiny, load_policy, save_policy
-from mirrorl.rewards.batch import GuardedReward
-from mirrorl.rewards.registry import get_reward
-from mirrorl.rollout.engine import Engine
+from distributed import policy_or_untrained, run  # benchmarks/distributed.py: the same RL run
 from mirrorl.train import rollout_log
-from mirrorl.train.metrics import MetricsLogger
-from mirrorl.train.rl import train_rl
-from mirrorl.train.trainer import LocalTrainer
 
 WRITES: list[float] = []
 
@@ -45,18 +35,6 @@ untimed_write = rollout_log.RolloutLog.write
 rollout_log.RolloutLog.write = timed_write  # type: ignore[method-assign]
 
 
-def run(policy: Path, overrides: list[str], out: Path) -> list[float]:
-    """Seconds per iteration after the first."""
-    cfg = load_config(None, [f"run.output_dir={out}", "run.tensorboard=false", *overrides])
-    model, tokenizer = load_policy(str(policy), torch.device("cpu"))
-    logger = MetricsLogger(out, "rl", tensorboard=False)
-    train_rl(LocalTrainer.from_config(model, tokenizer, cfg), Engine(model, tokenizer.eos_token_id,
-             tokenizer.pad_token_id), GuardedReward(get_reward(cfg.rl.reward, cfg.rewards)), tokenizer,
-             load_split(cfg.data, "rl", cfg.run.seed), cfg, logger)
-    logger.close()
-    return [json.loads(line)["time_iteration"] for line in (out / "rl_metrics.jsonl").read_text().splitlines()][1:]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", type=Path, default=None)
@@ -66,14 +44,11 @@ def main() -> None:
     off, on, records = [], [], 0
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        policy = args.policy
-        if policy is None:
-            policy = work / "policy"
-            save_policy(*build_tiny(load_config().model, 0), policy)
+        policy = policy_or_untrained(args.policy, work)
         common = [f"rl.iterations={args.iterations}"]
-        for index in range(args.rounds):
-            off += run(policy, [*common, "rl.log_rollouts_every=0"], work / f"off{index}")
-            on += run(policy, common, work / f"on{index}")
+        for index in range(args.rounds):  # each a mean over the iterations after the first
+            off.append(run(policy, [*common, "rl.log_rollouts_every=0"], work / f"off{index}")["time_iteration"])
+            on.append(run(policy, common, work / f"on{index}")["time_iteration"])
             records += sum(len(path.read_text().splitlines()) for path in (work / f"on{index}" / "rollouts").iterdir())
     print(json.dumps({
         "benchmark": "rollout_log", "policy": str(args.policy or "untrained demo model"),
