@@ -47,6 +47,8 @@ FILES = {
     "solution.py": "print(int(input()) * 2)\n",
     "tests.json": '[{"input": "2\\n", "output": "4\\n"}]',
     "killed_early/rl_metrics.jsonl": '{"step": 0, "reward": 0.5}\n',
+    "pairs_no_rejected.jsonl": '{"prompt": "1+1?", "chosen": "2", "rejected": "3"}\n'
+                               '{"prompt": "2+2?", "chosen": "4"}\n',
 }
 
 CASES = {
@@ -156,6 +158,27 @@ CASES = {
     "resume_past_the_end": (["rl", *RL_RUN, "--resume", "rl.iterations=2"], 2,
                             "cannot resume from {tmp}/done/checkpoints/rl/step-000003: it is at step 3, past "
                             "rl.iterations=2"),
+    # long2short
+    "dpo_pairs_missing": (["dpo", "dpo.pairs_path={tmp}/nope.jsonl"], 2,
+                          "DPO pairs file {tmp}/nope.jsonl does not exist"),
+    "dpo_pair_without_rejected": (["dpo", "dpo.pairs_path={tmp}/pairs_no_rejected.jsonl"], 2,
+                                  "{tmp}/pairs_no_rejected.jsonl:2: a DPO pair needs text fields prompt, chosen and "
+                                  "rejected (rejected missing)"),
+    "shortest_rs_model_missing": (["shortest-rs", "rejection.model={tmp}/nope"], 2,
+                                  "model directory {tmp}/nope does not exist"),
+    "merge_weights_not_numbers": (["merge", "{tmp}/policy", "{tmp}/policy", "--weights", "half,half", "--out",
+                                   "{tmp}/merged"], 2,
+                                  "--weights 'half,half': expected numbers separated by commas, e.g. 0.3,0.7"),
+    "long2short_no_run": (["long2short", "{tmp}/nope"], 2,
+                          "run directory {tmp}/nope does not exist (run `mirrorl demo` first, or give "
+                          "long2short.long_model and a directory to write to)"),
+    "long2short_other_seed": (["long2short", "{tmp}/done", "run.seed=1"], 2,
+                              "long2short: {tmp}/done was trained with run.seed=0, this comparison has run.seed=1: its "
+                              "held-out problems would not be held out from that run; pass run.seed=0"),
+    "long2short_file_data_without_short_model": (
+        ["long2short", "{tmp}/done", "data.train_path={tmp}/no_difficulty.jsonl"], 2,
+        "long2short: give long2short.short_model: without it the short model is trained on the built-in task's short "
+        "traces, which do not fit data.train_path"),
     # sandbox
     "sandbox_program_missing": (["sandbox", "run", "{tmp}/nope.py", "{tmp}/tests.json"], 2,
                                 "cannot read {tmp}/nope.py: No such file or directory"),
@@ -175,7 +198,7 @@ def _command_line(args: list[str], tmp: Path) -> list[str]:
     """Training commands get the small model (unless the case names one) and data and a scratch run directory,
     before the case's own arguments."""
     args = [a.format(tmp=tmp) for a in args]
-    if args[0] in ("sft", "rl", "demo", "eval"):
+    if args[0] in ("sft", "rl", "demo", "eval", "dpo", "shortest-rs"):
         tiny = [] if any(a.startswith("model.path=") for a in args) else TINY
         args = [args[0], *tiny, *[a.format(tmp=tmp) for a in SMALL], f"run.output_dir={tmp}/scratch", *args[1:]]
     return args

@@ -5,6 +5,10 @@
     mirrorl rl  -c configs/demo.yaml algo.tau=0.05 rl.iterations=20
     mirrorl eval -c configs/demo.yaml eval.checkpoint=runs/demo/rl/final
     mirrorl view runs/demo                        # runs/demo/report.html: curves and the samples themselves
+    mirrorl long2short runs/demo -c configs/long2short.yaml   # the report's Figure 7 after the demo
+    mirrorl merge LONG SHORT --weights 0.5,0.5 --out merged
+    mirrorl shortest-rs rejection.model=runs/demo/rl/final      # SFT rows for `mirrorl sft data.train_path=...`
+    mirrorl dpo dpo.init_from=runs/demo/rl/final
     mirrorl rl  -c configs/demo.yaml --resume     # continue from the newest checkpoint
     mirrorl sandbox run solution.py tests.jsonl   # one program against tests, verdict as JSON
     mirrorl gen-tests problems.jsonl kept.jsonl --generator gen.py
@@ -168,6 +172,70 @@ def view(run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     from mirrorl.view import write_report
 
     typer.echo(write_report(run_dir, out))
+
+
+@app.command()
+@_user_errors
+def dpo(config: ConfigOption = None, overrides: Overrides = None, resume: Resume = False,
+        overwrite: Overwrite = False) -> None:
+    """DPO toward short responses (k1.5 sec. 2.4): pairs from the policy's own samples, or dpo.pairs_path."""
+    from mirrorl.recipes import run_dpo
+
+    run_dpo(_config(config, overrides), _start(resume, overwrite))
+
+
+@app.command("shortest-rs")
+@_user_errors
+def shortest_rs(config: ConfigOption = None, overrides: Overrides = None) -> None:
+    """Shortest rejection sampling (k1.5 sec. 2.4): each training problem's shortest correct response as SFT rows."""
+    from mirrorl.recipes import run_shortest_rs
+
+    typer.echo(run_shortest_rs(_config(config, overrides)))
+
+
+def _numbers(text: str, option: str) -> list[float]:
+    """'0.3,0.7' -> [0.3, 0.7]; ValueError naming the option."""
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: expected numbers separated by commas, e.g. 0.3,0.7") from None
+
+
+@app.command()
+@_user_errors
+def merge(
+    models: Annotated[list[Path], typer.Argument(help="Model directories (one architecture, one tokenizer).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where the merged model goes.")],
+    weights: Annotated[str | None, typer.Option(help="Weights summing to 1, e.g. 0.7,0.3; default equal.")] = None,
+    sweep: Annotated[str | None, typer.Option(help="Two models: merge once per weight of the first, e.g. "
+                                              "0.25,0.5,0.75, into OUT/alpha_<weight>/.")] = None,
+    shard_mb: Annotated[float, typer.Option(help="Largest output shard, MB.")] = 500.0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Weighted average of checkpoints, streamed tensor by tensor (k1.5 sec. 2.4, model merging)."""
+    from mirrorl.long2short.merge import merge_checkpoints, merge_sweep
+
+    if sweep is not None:
+        if weights is not None:
+            raise ValueError("--weights and --sweep exclude each other")
+        results = merge_sweep(models, _numbers(sweep, "--sweep"), out, shard_mb=shard_mb, overwrite=overwrite)
+    else:
+        chosen = _numbers(weights, "--weights") if weights else [1 / len(models)] * len(models)
+        results = [merge_checkpoints(models, chosen, out, shard_mb=shard_mb, overwrite=overwrite)]
+    for result in results:
+        typer.echo(f"{result.out}: {result.num_tensors} tensors, {result.num_parameters} parameters, "
+                   f"{result.seconds:.1f} s")
+
+
+@app.command()
+@_user_errors
+def long2short(run_dir: Annotated[Path, typer.Argument(help="A run directory, e.g. runs/demo after `mirrorl demo`.")],
+               config: ConfigOption = None, overrides: Overrides = None, resume: Resume = False,
+               overwrite: Overwrite = False) -> None:
+    """Every long2short method from one long model, one evaluation: the k1.5 report's Figure 7 as a table and plot."""
+    from mirrorl.long2short.compare import run_long2short
+
+    run_long2short(_config(config, overrides), run_dir, _start(resume, overwrite))
 
 
 sandbox_app = typer.Typer(no_args_is_help=True, help="The code sandbox of the code reward.")

@@ -59,3 +59,23 @@ def plot_run(run_dir: Path, summary: dict | None = None) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_long2short(rows: list[dict], path: Path) -> Path:
+    """The long2short comparison as in the k1.5 report's Figure 7: mean response tokens (x) against
+    held-out pass@1 (y), one labelled marker per method; written to `path`."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    markers = "o^sDvP*X"
+    for index, row in enumerate(rows):
+        ax.scatter(row["tokens"], row["pass1"], s=70, marker=markers[index % len(markers)], label=row["method"])
+        ax.annotate(row["method"], (row["tokens"], row["pass1"]), textcoords="offset points", xytext=(6, 4),
+                    fontsize=9)
+    ax.set_xlabel("mean response tokens (held-out)")
+    ax.set_ylabel("pass@1 (held-out)")
+    ax.set_title("long2short: accuracy against length")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,5 +1,6 @@
 """Losses against hand-derived numbers, and the mirror-descent gradient against the report's eq. 3."""
 
+import math
 from functools import partial
 
 import pytest
@@ -9,6 +10,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from mirrorl.algo.logprobs import sequence_logprobs
 from mirrorl.algo.losses import (
     LossInputs,
+    PreferenceInputs,
+    dpo_loss,
     group_mean,
     group_pg_loss,
     mirror_descent_loss,
@@ -146,3 +149,37 @@ def test_group_pg_clips_by_hand():
     assert float(group_pg_loss(flat, clip_eps=0.2, scale_by_std=False).loss) == pytest.approx(0.0)
     # GRPO scaling: group std of advantages [0.5, -0.5] is 0.5 -> advantages +-1 -> sample 0: 1.2, sample 1: -0.8
     assert float(group_pg_loss(inputs, clip_eps=0.2, scale_by_std=True).loss) == pytest.approx(-0.2, abs=1e-5)
+
+
+def test_dpo_loss_and_gradient_by_hand():
+    # pair 0: policy log-ratios chosen -1 - -2 = 1, rejected -3 - -3 = 0; beta 0.5 -> margin 0.5
+    # pair 1: chosen -4 - -3 = -1, rejected -1 - -2 = 1 -> margin 0.5 * (-1 - 1) = -1
+    chosen = torch.tensor([-1.0, -4.0], dtype=torch.float64, requires_grad=True)
+    rejected = torch.tensor([-3.0, -1.0], dtype=torch.float64, requires_grad=True)
+    inputs = PreferenceInputs(chosen, rejected, torch.tensor([-2.0, -3.0], dtype=torch.float64),
+                              torch.tensor([-3.0, -2.0], dtype=torch.float64), torch.tensor([2.0, 4.0]))
+    out = dpo_loss(inputs, beta=0.5)
+    sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    # loss = mean(-log sigmoid(0.5), -log sigmoid(-1)) = mean(0.474077, 1.313262) = 0.893669
+    expected = (-math.log(sigmoid(0.5)) - math.log(sigmoid(-1.0))) / 2
+    assert out.loss.item() == pytest.approx(expected, abs=1e-12)
+    assert out.loss.item() == pytest.approx(0.893669, abs=1e-6)
+    assert out.metrics["reward_accuracy"] == 0.5 and out.metrics["reward_margin"] == pytest.approx(-0.25)
+    out.loss.backward()
+    # d/d chosen_p = -(1/P) * beta * sigmoid(-margin_p); d/d rejected_p is its negative
+    grad = [-0.5 * 0.5 * sigmoid(-0.5), -0.5 * 0.5 * sigmoid(1.0)]  # [-0.094531, -0.182777]
+    assert chosen.grad.tolist() == pytest.approx(grad, abs=1e-12)
+    assert rejected.grad.tolist() == pytest.approx([-g for g in grad], abs=1e-12)
+
+
+def test_dpo_nll_term_by_hand():
+    chosen = torch.tensor([-1.0, -4.0], dtype=torch.float64, requires_grad=True)
+    rejected = torch.tensor([-3.0, -1.0], dtype=torch.float64)
+    ref = torch.tensor([-1.0, -4.0], dtype=torch.float64), torch.tensor([-3.0, -1.0], dtype=torch.float64)
+    inputs = PreferenceInputs(chosen, rejected, *ref, torch.tensor([2.0, 4.0], dtype=torch.float64))
+    out = dpo_loss(inputs, beta=0.5, nll_weight=0.4)
+    # policy == reference: the DPO term is log 2; NLL per token = mean(1/2, 4/4) = 0.75, weighted 0.4 -> 0.3
+    assert out.loss.item() == pytest.approx(math.log(2) + 0.3, abs=1e-12) and out.metrics["nll"] == 0.75
+    out.loss.backward()
+    # DPO: -(1/2) * 0.5 * sigmoid(0) = -0.125 each; NLL: -0.4 / (2 * tokens) = -0.1 and -0.05
+    assert chosen.grad.tolist() == pytest.approx([-0.225, -0.175], abs=1e-12)

@@ -55,3 +55,19 @@ def test_verifier():
     assert tasks.verify("a:1 answer: 12", "12")
     assert not tasks.verify("a:1 answer:121", "12")
     assert not tasks.verify("12", "12")
+
+
+def test_short_traces_share_the_problems_and_write_only_the_sums():
+    long = tasks.make_split(200, seed=5, style=tasks.TraceStyle(slip_prob=0.5, check_prob=0.5))
+    short = tasks.make_split(200, seed=5, style=tasks.TraceStyle(slip_prob=0.5, check_prob=0.5, terse=True))
+    assert [p.prompt for p in short] == [p.prompt for p in long]  # the same random stream
+    for problem in short:
+        assert tasks.verify(problem.solution, problem.answer)
+        assert not re.search(r"[a-z]=|wait|check", problem.solution.removesuffix(f"answer:{problem.answer}"))
+    # a=3 b=5 c=9 d=2 -> only the running sums
+    problem = tasks.make_problem(random.Random(0), 2, tasks.TraceStyle(terse=True))
+    digits = [int(d) for d in re.findall(r"=(\d)", problem.prompt)]
+    sums = [sum(digits[: i + 1]) for i in range(len(digits))]
+    expected = " ".join(f"{sums[i - 1]}+{digits[i]}={sums[i]}" for i in range(1, len(digits)))
+    assert problem.solution == f"{expected} answer:{sums[-1]}"
+    assert sum(len(p.solution) for p in short) < 0.6 * sum(len(p.solution) for p in long)

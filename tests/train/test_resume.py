@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from mirrorl.config import load_config
-from mirrorl.recipes import run_rl, run_sft
+from mirrorl.recipes import run_dpo, run_rl, run_sft
 from mirrorl.train.checkpoint import find_latest
 from mirrorl.train.metrics import MetricsLogger
 from mirrorl.train.resume import TrainingStopped
@@ -317,3 +317,24 @@ def test_killed_and_resumed_runs_end_bit_identical(tiny_policy, tmp_path):
     assert_same_run(whole, cut, "rl")
     assert final_state(cut, "rl") == final_state(whole, "rl")
     assert not [p for p in (cut / "checkpoints" / "rl").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("step", [2, 4])
+def test_dpo_resumes_exactly_with_the_first_runs_reference(tmp_path, capsys, step):
+    rows = [{"prompt": f"a={a} b={b}. sum a-b?", "chosen": f"{a}+{b}={a + b} answer:{a + b}",
+             "rejected": f"a={a} b={b}:{a}+{b}={a + b} check:{a + b}-{b}={a} ok. answer:{a + b}"}
+            for a in range(1, 6) for b in range(1, 5)]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run_sft(load_config(None, [*SFT_TOY, f"run.output_dir={tmp_path / 'sft'}"]))  # a policy to start from
+    toy = [*SFT_TOY, f"dpo.init_from={tmp_path / 'sft' / 'sft' / 'final'}", f"dpo.pairs_path={pairs}",
+           "dpo.steps=6", "dpo.batch_size=8", "dpo.save_every=2"]
+    run_dpo(load_config(None, [*toy, f"run.output_dir={tmp_path / 'whole'}"]))
+    shutil.copytree(tmp_path / "whole", tmp_path / "crashed")
+    crash_after(tmp_path / "crashed", "dpo", step)
+    capsys.readouterr()
+    # the reference comes from the checkpoint: a resumed run never reads dpo.init_from again
+    shutil.rmtree(tmp_path / "sft")
+    run_dpo(load_config(None, [*toy, f"run.output_dir={tmp_path / 'crashed'}"]), "resume")
+    assert f"dpo: {6 - step} steps on 20 pairs" in capsys.readouterr().err
+    assert_same_run(tmp_path / "whole", tmp_path / "crashed", "dpo")

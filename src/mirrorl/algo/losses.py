@@ -8,10 +8,17 @@ the report's eq. 3:  -(1/k) sum_j [ (r_j - rbar) grad log pi_theta(y_j) - (tau/2
 `length_normalize` divides each squared residual by the sample's token count (OpenKimi's choice);
 the default is the report's sequence-sum form.
 
+DPO (Rafailov et al. 2023), the report's second long2short method (sec. 2.4): with sequence
+log-probs of a preferred response y_w and a rejected one y_l under the policy and a frozen
+reference, minimise  -log sigmoid(beta * [(log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))]).
+An optional negative log-likelihood of y_w per token, weighted by `nll_weight` (Pang et al. 2024,
+"Iterative Reasoning Preference Optimization"), keeps the preferred responses likely: pure DPO can
+lower both responses' log-probs as long as their gap grows.
+
 Baselines: `rest_loss` (ReST-style: fine-tune on correct responses only, never pushing wrong ones
 down) and `group_pg_loss` (a group-mean baseline with a PPO-clipped token ratio, GRPO/RLOO-like).
 
-Legend: B samples in the batch (whole groups), T response positions.
+Legend: B samples in the batch (whole groups), T response positions, P preference pairs.
 """
 
 from __future__ import annotations
@@ -114,6 +121,36 @@ def group_pg_loss(inputs: LossInputs, *, clip_eps: float, scale_by_std: bool) ->
         clip_fraction = ((ratio - clipped).abs() > 0).float().mul(inputs.mask).sum() / inputs.mask.sum().clamp(min=1)
     return LossOutput(loss, {"loss": float(loss.detach()), "kl": _kl(inputs), "clip_fraction": float(clip_fraction)},
                       count=float(len(per_sample)))
+
+
+@dataclass
+class PreferenceInputs:
+    chosen: Tensor  # [P] sum of log pi over the preferred response's tokens, with grad
+    rejected: Tensor  # [P] the same for the rejected response
+    ref_chosen: Tensor  # [P] the frozen reference's sums, no grad
+    ref_rejected: Tensor  # [P]
+    chosen_tokens: Tensor  # [P] the preferred responses' token counts
+
+
+def dpo_loss(inputs: PreferenceInputs, *, beta: float, nll_weight: float = 0.0) -> LossOutput:
+    """DPO: mean_p -log sigmoid(beta * margin_p), where margin_p is the policy's log-ratio to the
+    reference on the chosen response minus that on the rejected one; plus `nll_weight` times the
+    chosen responses' mean per-token negative log-likelihood.
+
+    The DPO term's gradient is -beta * sigmoid(-margin) * (grad log pi(y_w) - grad log pi(y_l)):
+    pairs the policy already orders well (large margin) weigh little.
+    """
+    chosen_reward = beta * (inputs.chosen - inputs.ref_chosen)  # [P] implicit rewards
+    rejected_reward = beta * (inputs.rejected - inputs.ref_rejected)  # [P]
+    margin = chosen_reward - rejected_reward  # [P]
+    nll = -(inputs.chosen / inputs.chosen_tokens).mean()
+    loss = -torch.nn.functional.logsigmoid(margin).mean() + nll_weight * nll
+    return LossOutput(loss, {
+        "loss": float(loss.detach()), "nll": float(nll.detach()), "reward_margin": float(margin.detach().mean()),
+        "reward_accuracy": float((margin.detach() > 0).float().mean()),
+        "chosen_reward": float(chosen_reward.detach().mean()),
+        "rejected_reward": float(rejected_reward.detach().mean()),
+    }, count=float(len(margin)))
 
 
 # name -> loss; each takes its own settings as keywords (`mirrorl.config`'s `algo.loss_params()`)

@@ -41,7 +41,7 @@ from mirrorl.config.sampling import RepeatConfig, SamplingConfig
 
 __all__ = [
     "AlgoConfig", "CheckpointConfig", "CoTRMConfig", "Config", "CurriculumSamplerConfig", "DataConfig",
-    "DistributedConfig", "EvalConfig",
+    "DPOConfig", "DistributedConfig", "EvalConfig", "Long2ShortConfig", "RejectionConfig",
     "GenTestsConfig", "GroupPGConfig", "LengthPenaltyConfig", "Limits", "MatchSettings", "MathRewardConfig",
     "MirrorDescentConfig", "ModelConfig", "PrioritizedSamplerConfig", "RLConfig", "RMTrainConfig", "RepeatConfig",
     "RestConfig", "RewardsConfig", "RunConfig", "SFTConfig", "SamplerConfig", "SamplingConfig", "Section",
@@ -117,6 +117,10 @@ class DataConfig(Section):
     num_eval: int = Field(200, ge=1, description="Built-in task: held-out problems (no prompt in train).")
     slip_prob: float = Field(0.08, ge=0, le=1, description="Built-in traces: chance per step of a corrected slip.")
     check_prob: float = Field(0.5, ge=0, le=1, description="Built-in traces: chance of a final check step.")
+    trace_style: Literal["long", "short"] = Field(
+        "long", description="Built-in traces: 'long' (restated terms, corrected slips, checks) or 'short' (only the "
+        "running sums: the short-CoT model of long2short). The same seed gives the same problems in both.",
+    )
 
 
 class SFTConfig(Section):
@@ -291,12 +295,76 @@ class RLConfig(Section):
 
 
 class EvalConfig(Section):
-    """Held-out evaluation: pass@1 averaged over samples, greedy accuracy, mean response length."""
+    """Held-out evaluation: pass@k, maj@k, greedy accuracy, mean response length, tokens per correct answer."""
 
-    num_samples: int = Field(4, ge=1, description="Samples per problem for averaged pass@1.")
+    num_samples: int = Field(4, ge=1, description="Samples per problem (n of pass@k; pass@1 is averaged over them).")
+    pass_k: list[int] | None = Field(None, min_length=1, description="The k of pass@k and maj@k, each at most "
+                                     "num_samples; None: 1, 2, 4, ... up to num_samples.")
     temperature: float | None = Field(None, ge=0, description="Sampling temperature; None uses rollout's.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Longest response; None uses rollout's.")
     greedy: bool = Field(True, description="Also report greedy accuracy.")
     checkpoint: str | None = Field(None, description="`mirrorl eval`: model directory to evaluate.")
+
+    @model_validator(mode="after")
+    def _k_within_samples(self) -> EvalConfig:
+        for k in self.pass_k or ():
+            if not 1 <= k <= self.num_samples:
+                raise ValueError(f"eval.pass_k holds {k}: each k must be in 1..eval.num_samples={self.num_samples}")
+        return self
+
+    def ks(self) -> list[int]:
+        """The k of pass@k and maj@k."""
+        return self.pass_k or [2**i for i in range(self.num_samples.bit_length()) if 2**i <= self.num_samples]
+
+
+class DPOConfig(SFTConfig):
+    """DPO toward short responses (k1.5 sec. 2.4): `mirrorl dpo`. The optimizer settings are SFT's;
+    the policy starts from `init_from`, which is also the frozen reference."""
+
+    init_from: str | None = Field(None, description="Policy and reference; None: the run's rl/final, else sft/final, "
+                                  "else model.path.")
+    pairs_path: str | None = Field(None, description="JSONL of {prompt, chosen, rejected} rows; None samples the pairs "
+                                   "from the policy on the training problems.")
+    num_problems: int = Field(512, ge=1, description="Sampled pairs: the first N training problems.")
+    num_samples: int = Field(8, ge=2, description="Sampled pairs: responses per problem.")
+    longer_ratio: float = Field(1.5, ge=1, description="A correct response this many times longer than the shortest "
+                                "correct one is a negative (the report's 1.5).")
+    max_pairs_per_problem: int = Field(4, ge=1, description="Pairs kept per problem (the positive against its first "
+                                       "negatives in sample order).")
+    beta: float = Field(0.1, gt=0, description="DPO beta: the strength of the implicit KL to the reference.")
+    nll_weight: float = Field(0.0, ge=0, description="Weight of the chosen responses' per-token NLL added to the DPO "
+                              "loss (RPO); 0 is plain DPO.")
+    steps: int = Field(60, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(16, ge=1, description="Pairs per step.")
+    lr: float = Field(1e-5, gt=0, description="Peak learning rate (one-cycle).")
+
+
+class RejectionConfig(Section):
+    """Shortest rejection sampling (k1.5 sec. 2.4): `mirrorl shortest-rs` samples n responses per training
+    problem and keeps the shortest correct one that finished normally, as SFT rows."""
+
+    model: str | None = Field(None, description="Model to sample from; None: the run's rl/final.")
+    num_problems: int = Field(1000, ge=1, description="The first N training problems.")
+    num_samples: int = Field(8, ge=1, description="Responses per problem.")
+
+
+class Long2ShortConfig(Section):
+    """`mirrorl long2short RUN_DIR`: every long2short method from one long model, evaluated with one protocol
+    (`eval`, on the held-out split) into the report's Figure 7. Sampling for rejection sampling and DPO pairs
+    follows the evaluation's temperature and length; long2short RL is the `rl`, `algo` and `rollout` sections."""
+
+    long_model: str | None = Field(None, description="The long-CoT model; None: RUN_DIR/rl/final.")
+    short_model: str | None = Field(None, description="The short-CoT model to merge with; None: SFT of the long model "
+                                    "on the built-in task's short traces for `short_sft_steps`.")
+    short_sft_steps: int = Field(150, ge=1, description="Steps of that SFT (the other settings are `sft`'s).")
+    merge_weight: float = Field(0.5, gt=0, lt=1, description="Weight of the long model in the merge.")
+    rs_from: Literal["merged", "long"] = Field("merged", description="Model fine-tuned on the shortest rejection "
+                                                "samples (which are drawn from the merged model).")
+    rs_sft_steps: int = Field(60, ge=1, description="Steps of that SFT.")
+    sft_lr: float = Field(3e-4, gt=0, description="Peak learning rate of both SFTs (they start from a trained model; "
+                          "`sft.lr` is for training from scratch).")
+    methods: list[Literal["merge", "merge_rs", "dpo", "rl"]] = Field(
+        ["merge", "merge_rs", "dpo", "rl"], description="Methods to run (the long and short models are always rows).")
 
 
 class RewardsConfig(Section):
@@ -327,6 +395,9 @@ class Config(Section):
     sampler: SamplerConfig = Field(default_factory=UniformSamplerConfig, description="Set sampler.name first.")
     rl: RLConfig = Field(default_factory=RLConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
+    rejection: RejectionConfig = Field(default_factory=RejectionConfig)
+    long2short: Long2ShortConfig = Field(default_factory=Long2ShortConfig)
     rewards: RewardsConfig = Field(default_factory=RewardsConfig)
     rm: RMTrainConfig = Field(default_factory=RMTrainConfig, description="`mirrorl train-rm`: a value-head RM.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)

@@ -93,7 +93,7 @@ def load_problems(path: str, cfg: DataConfig, task: str = "file") -> list[Proble
 
 def builtin_splits(cfg: DataConfig, seed: int) -> dict[str, list[Problem]]:
     """SFT, RL and eval splits of the built-in task; eval prompts never occur in SFT or RL."""
-    style = tasks.TraceStyle(slip_prob=cfg.slip_prob, check_prob=cfg.check_prob)
+    style = tasks.TraceStyle(slip_prob=cfg.slip_prob, check_prob=cfg.check_prob, terse=cfg.trace_style == "short")
     sft = tasks.make_split(cfg.num_sft, seed + _SFT_SEED, style=style)
     rl = tasks.make_split(cfg.num_rl, seed + _RL_SEED, style=style)
     seen = frozenset(p.prompt for p in sft + rl)

@@ -12,6 +12,11 @@ matching the label, an induction-head lookup), sometimes makes a slip and correc
 sometimes verifies its last step before answering. Checks and corrections make responses of
 different lengths for the same problem, which is what the length penalty (sec. 2.3.3) acts on.
 
+The short-CoT style (`TraceStyle(terse=True)`, `data.trace_style=short`) writes only the running
+sums, "3+5=8 8+9=17 17+2=19 answer:19": no restated terms, slips or checks. It is the short-CoT
+model that long2short merges with (k1.5 sec. 2.4). Both styles draw the same random numbers, so a
+seed gives the same problems in either style and only the responses differ.
+
 Difficulty is the level (1-5), i.e. the number of terms minus two, and drives the curriculum
 (sec. 2.3.4). Everything is deterministic from a seed; the evaluation split uses a disjoint seed
 stream and excludes problems whose prompt occurs in the training split.
@@ -35,10 +40,12 @@ _ANSWER_RE = re.compile(r"answer:\s*(-?\d+)")
 
 @dataclass(frozen=True)
 class TraceStyle:
-    """How often the generated warm-up traces correct a slip or check their last step."""
+    """How often the generated warm-up traces correct a slip or check their last step; `terse`
+    writes the short-CoT trace instead (only the sums; the probabilities still draw, unused)."""
 
     slip_prob: float = 0.08  # per step: write a wrong sum, then "wait" and the right one
     check_prob: float = 0.5  # per trace: verify the last step by subtraction before answering
+    terse: bool = False
 
 
 def num_terms(level: int) -> int:
@@ -66,16 +73,19 @@ def make_problem(rng: random.Random, level: int, style: TraceStyle = TraceStyle(
 
 def _trace(labels: str, digits: list[int], rng: random.Random, style: TraceStyle) -> str:
     total = digits[0]
-    steps = [f"{labels[0]}={total}"]
+    steps = [] if style.terse else [f"{labels[0]}={total}"]
     for lab, d in zip(labels[1:], digits[1:]):
         new = total + d
-        if rng.random() < style.slip_prob:
-            wrong = new + rng.choice([-2, -1, 1, 2])
+        slip = rng.random() < style.slip_prob
+        wrong = new + rng.choice([-2, -1, 1, 2]) if slip else None
+        if style.terse:
+            steps.append(f"{total}+{d}={new}")
+        elif slip:
             steps.append(f"{lab}={d}:{total}+{d}={wrong} wait {total}+{d}={new}")
         else:
             steps.append(f"{lab}={d}:{total}+{d}={new}")
         total = new
-    if rng.random() < style.check_prob:
+    if rng.random() < style.check_prob and not style.terse:
         steps.append(f"check:{total}-{digits[-1]}={total - digits[-1]} ok.")
     steps.append(f"answer:{total}")
     return " ".join(steps)

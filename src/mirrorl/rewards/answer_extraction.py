@@ -375,7 +375,7 @@ def _parse(text: str, formats: Sequence[str], library_timeout: int) -> list[Any]
         raise AnswerRefused(f"math-verify failed parsing {text[:60]!r}: {type(err).__name__}") from None
 
 
-_FINDERS: dict[str, Callable[[str], FoundAnswer | None]] = {
+FINDERS: dict[str, Callable[[str], FoundAnswer | None]] = {
     "final_answer": find_final_answer,
     "boxed": find_boxed,
     "answer_phrase": find_answer_phrase,
@@ -403,7 +403,7 @@ def find_answer(
         if strategy == "math_verify":
             found: FoundAnswer | None = FoundAnswer(text, 0, math_mode=False)  # the text as one document
         else:
-            found = _FINDERS[strategy](text)
+            found = FINDERS[strategy](text)
         if found is None:
             continue
         if strategy != "math_verify" and (found.math_mode or is_bare_answer(found.text)):

@@ -10,6 +10,11 @@ Building a reward checks what it needs before any work: `code` probes bubblewrap
 sandbox's one-line SandboxUnavailable (a ValueError) where it cannot run, so `mirrorl rl` stops
 before its first iteration; `code_unprotected` is the explicit choice to run the programs without
 bubblewrap (sandbox backend "none": rlimits and cgroups only, no filesystem or network isolation).
+
+`answer_extractor` gives, for a verifier reward, the function that finds a response's final answer
+the way that verifier does (the answer string only, nothing is compared): evaluation records it and
+votes with it (maj@k). Rewards without an answer to extract (code, reward models, user functions)
+have none.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from mirrorl.config import RewardsConfig
+from mirrorl.config import MathRewardConfig, RewardsConfig
 from mirrorl.data import tasks
+from mirrorl.rewards.answer_extraction import FINDERS
 from mirrorl.rewards.batch import BatchFirst, per_sample
 from mirrorl.rewards.math_reward import MathProblemReward
 from mirrorl.rewards.sandbox import CodeReward
@@ -83,3 +89,57 @@ def get_reward(name: str, rewards: RewardsConfig | None = None) -> BatchReward:
     if not callable(function):
         raise ValueError(f"rl.reward={name!r}: {attr} is not callable")
     return function if isinstance(function, BatchFirst) else per_sample(function)
+
+
+AnswerExtractor = Callable[[str, Problem], str | None]  # (response, problem) -> its final answer, None: none found
+
+
+def _chain_sum_answer(response: str, problem: Problem) -> str | None:
+    return tasks.extract_answer(response)
+
+
+def _math_extractor(config: MathRewardConfig) -> AnswerExtractor:
+    """The math verifier's answer finding: its response strategies in order, over the same last
+    `max_response_chars` characters, first answer found wins.
+
+    Two departures, as math-verify's parser runs only in the verifier's workers (it can hang): the
+    'math_verify' strategy is skipped (a response the verifier reads only through math-verify has
+    no answer here), and a found answer is taken as is, where the verifier moves on to the next
+    strategy when math-verify cannot parse it.
+    """
+    finders = [FINDERS[name] for name in config.match.response_strategies if name != "math_verify"]
+    limit = config.max_response_chars
+
+    def math_answer(response: str, problem: Problem) -> str | None:
+        text = response[-limit:]
+        for find in finders:
+            found = find(text)
+            if found is not None:
+                return found.text
+        return None
+
+    return math_answer
+
+
+# name -> the answer extractor of that registered reward, built from the `rewards.*` sections
+EXTRACTORS: dict[str, Callable[[RewardsConfig], AnswerExtractor]] = {
+    "chain_sum": lambda _: _chain_sum_answer,
+    "math": lambda rewards: _math_extractor(rewards.math),
+}
+
+
+def answer_extractor(name: str, rewards: RewardsConfig | None = None) -> AnswerExtractor | None:
+    """The answer extractor matching the reward `name` (set up by `rewards`; None: defaults), or None
+    for a reward without one: code, reward models, user functions ('package.module:name').
+
+    >>> from mirrorl.types import Problem
+    >>> problem = Problem(id="x", prompt="q", answer="9")
+    >>> answer_extractor("chain_sum")("a:4 b:4+5=9 answer:9", problem)
+    '9'
+    >>> extract = answer_extractor("math")  # default strategies: final_answer, then math_verify (skipped)
+    >>> extract(r"so $x=\\boxed{\\frac{1}{2}}$", problem), extract("The answer is 12. Done", problem)
+    ('\\\\frac{1}{2}', '12')
+    >>> extract("no answer given", problem) is None, answer_extractor("code") is None
+    (True, True)
+    """
+    return EXTRACTORS[name](rewards or RewardsConfig()) if name in EXTRACTORS else None

@@ -16,11 +16,12 @@ Not covered here: packing several examples into one row; multi-GPU training.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,16 @@ class SFTResult:
     tokens_per_second: float
 
 
+def _token_lists(example: Any) -> list[list[int]]:
+    """The token-id lists of an example dataclass (SFT's prompt and response, DPO's three)."""
+    return [getattr(example, field.name) for field in dataclasses.fields(example)]
+
+
 class BucketedBatches:
     """Endless length-bucketed batches, each example once per epoch, resumable from `state_dict()`.
+
+    Examples are dataclasses of token-id lists (`SFTExample`, DPO's pairs); an example's length is
+    the sum of theirs.
 
     One random.Random(seed) shuffles every epoch in turn. The state is that generator's state at
     the start of the current epoch and the position in it: loading it rebuilds the epoch (drawing
@@ -60,7 +69,7 @@ class BucketedBatches:
     run sees the batches of an uninterrupted one, across epoch boundaries too.
     """
 
-    def __init__(self, examples: Sequence[SFTExample], batch_size: int, window_batches: int, seed: int) -> None:
+    def __init__(self, examples: Sequence[Any], batch_size: int, window_batches: int, seed: int) -> None:
         self.examples, self.batch_size, self.window = list(examples), batch_size, batch_size * window_batches
         self.rng = random.Random(seed)
         self.epoch_start = self.rng.getstate()
@@ -72,14 +81,14 @@ class BucketedBatches:
         self.rng.shuffle(order)
         self.batches = []
         for start in range(0, len(order), self.window):
-            chunk = sorted(order[start : start + self.window], key=lambda e: len(e.prompt_ids) + len(e.response_ids))
+            chunk = sorted(order[start : start + self.window], key=lambda e: sum(map(len, _token_lists(e))))
             self.batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         self.rng.shuffle(self.batches)
 
-    def __iter__(self) -> Iterator[list[SFTExample]]:
+    def __iter__(self) -> Iterator[list[Any]]:
         return self
 
-    def __next__(self) -> list[SFTExample]:
+    def __next__(self) -> list[Any]:
         if self.position >= len(self.batches):
             self.epoch_start = self.rng.getstate()
             self._build_epoch()
@@ -92,7 +101,7 @@ class BucketedBatches:
         """sha256 over the examples' token ids: a resumed run must batch the same examples."""
         digest = hashlib.sha256()
         for example in self.examples:
-            for ids in (example.prompt_ids, example.response_ids, [-1]):  # -1 separates the fields
+            for ids in (*_token_lists(example), [-1]):  # -1 separates the fields
                 digest.update(np.asarray(ids, dtype=np.int64).tobytes())
         return digest.hexdigest()
 
@@ -103,7 +112,7 @@ class BucketedBatches:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["num_examples"] != len(self.examples) or state["examples_sha256"] != self.digest:
-            raise ValueError(f"the SFT batch state was saved over other examples ({state['num_examples']}); "
+            raise ValueError(f"the batch state was saved over other examples ({state['num_examples']}); "
                              f"the data now gives {len(self.examples)} (was the data file changed?)")
         version, internal, gauss_next = state["rng_at_epoch_start"]
         self.epoch_start = (version, tuple(internal), gauss_next)
@@ -120,6 +129,45 @@ def sft_loss(model: PreTrainedModel, batch: list[SFTExample], pad_id: int,
     logprobs = sequence_logprobs(model, padded.input_ids, padded.attention_mask).logprobs  # [B, T-1]
     num_tokens = int(padded.response_mask.sum().item())
     return -(logprobs * padded.response_mask).sum() / max(1, num_tokens), num_tokens
+
+
+@dataclass
+class StepLoss:
+    """One batch's loss, the figures to log with it, and the tokens it covered."""
+
+    loss: torch.Tensor
+    metrics: dict[str, float]  # "loss" at least
+    num_tokens: int
+
+
+def optimize(model: PreTrainedModel, cfg: SFTConfig, phase: str, first: int, step_loss: Callable[[], StepLoss],
+             optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler, ckpt: Checkpointing,
+             logger: MetricsLogger, save: Callable[[int, dict[str, float]], Path | None],
+             last: dict[str, float]) -> tuple[dict[str, float], float]:
+    """Optimizer steps `first`..`cfg.steps` of a fine-tuning phase (SFT, DPO), each on `step_loss()`: clipped,
+    logged, on a progress bar; `save(step, last figures)` at checkpoint boundaries, on a stop signal and at the
+    end. Returns the last step's figures and the tokens per second."""
+    model.train()
+    start, seen_tokens = time.perf_counter(), 0
+    with ckpt.signals(), progress_bar() as bar:
+        task = bar.add_task(phase, total=cfg.steps, completed=first, info="")
+        for step in range(first, cfg.steps):
+            ckpt.boundary(step, first, phase, functools.partial(save, step, last))
+            out = step_loss()
+            out.loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            schedule.step()
+            seen_tokens += out.num_tokens
+            last = out.metrics
+            logger.log(step, {**last, "grad_norm": grad_norm.item(), "lr": schedule.get_last_lr()[0],
+                              "tokens_per_second": seen_tokens / (time.perf_counter() - start)})
+            bar.update(task, advance=1, info=f"loss {last['loss']:.3f}")
+        if first < cfg.steps:
+            save(cfg.steps, last)
+    model.eval()
+    return last, seen_tokens / (time.perf_counter() - start)
 
 
 def train_sft(
@@ -140,38 +188,21 @@ def train_sft(
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: one_cycle(s, cfg.steps, cfg.warmup_ratio))
     batches = BucketedBatches(kept, cfg.batch_size, cfg.bucket_window, seed)
-    first, loss_value = 0, float("nan")
+    first, last = 0, {"loss": float("nan")}
     if ckpt.resume is not None:
         state = read_training_state(ckpt.resume.path, optimizer, schedule)
-        first, loss_value = state.trainer["step"], state.trainer["loss"]
+        first, last = state.trainer["step"], {"loss": state.trainer["loss"]}
         batches.load_state_dict(state.trainer["batches"])
         restore_rng(state.rng)
 
-    def save(step: int) -> Path | None:
-        trainer = {"step": step, "loss": loss_value, "batches": batches.state_dict()}
+    def save(step: int, last: dict[str, float]) -> Path | None:
+        trainer = {"step": step, "loss": last["loss"], "batches": batches.state_dict()}
         return ckpt.save(step, model, optimizer, trainer, capture_rng(), schedule)
 
-    model.train()
-    start, seen_tokens = time.perf_counter(), 0
-    with ckpt.signals(), progress_bar() as bar:
-        task = bar.add_task("sft", total=cfg.steps, completed=first, info="")
-        for step in range(first, cfg.steps):
-            ckpt.boundary(step, first, "sft", functools.partial(save, step))
-            loss, num_tokens = sft_loss(model, next(batches), pad_id, device)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            schedule.step()
-            seen_tokens += num_tokens
-            loss_value = loss.item()
-            elapsed = time.perf_counter() - start
-            logger.log(step, {
-                "loss": loss_value, "grad_norm": grad_norm.item(), "lr": schedule.get_last_lr()[0],
-                "tokens_per_second": seen_tokens / elapsed,
-            })
-            bar.update(task, advance=1, info=f"loss {loss_value:.3f}")
-        if first < cfg.steps:
-            save(cfg.steps)
-    model.eval()
-    return SFTResult(cfg.steps - first, loss_value, seen_tokens / (time.perf_counter() - start))
+    def step_loss() -> StepLoss:
+        loss, num_tokens = sft_loss(model, next(batches), pad_id, device)
+        return StepLoss(loss, {"loss": loss.item()}, num_tokens)
+
+    last, tokens_per_second = optimize(model, cfg, "sft", first, step_loss, optimizer, schedule, ckpt, logger, save,
+                                       last)
+    return SFTResult(cfg.steps - first, last["loss"], tokens_per_second)
