@@ -147,7 +147,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     """The rows as a Markdown table, with each method's tokens and pass@1 relative to the long model.
 
     >>> print(table([{"method": "long", "pass1": 0.9, "tokens": 80.0, "tokens_per_correct": 88.9, "seconds": 0.0},
-    ...              {"method": "rl", "pass1": 0.89, "tokens": 60.0, "tokens_per_correct": None, "seconds": 95.0}]))
+    ...              {"method": "rl", "pass1": 0.89, "tokens": 60.0, "tokens_per_correct": None, "seconds": 95.0}]),
+    ...       end="")
     | method | pass@1 | vs long | tokens | vs long | tokens per correct | seconds |
     | --- | ---: | ---: | ---: | ---: | ---: | ---: |
     | long | 0.900 | +0.000 | 80.0 | 1.00x | 88.9 | 0 |
