@@ -139,7 +139,7 @@ def rl(config: ConfigOption = None, overrides: Overrides = None, resume: Resume 
 @app.command("eval")
 @_user_errors
 def eval_command(config: ConfigOption = None, overrides: Overrides = None) -> None:
-    """Held-out pass@1 (averaged over samples), greedy accuracy and mean length of eval.checkpoint."""
+    """Held-out pass@1 (averaged over samples), pass@k, maj@k, greedy accuracy and lengths of eval.checkpoint."""
     from mirrorl.recipes import run_eval
 
     cfg = _config(config, overrides)
