@@ -37,7 +37,7 @@ import yaml
 from mirrorl.config import Config
 from mirrorl.eval.evaluate import EvalResult
 from mirrorl.long2short.merge import merge_checkpoints
-from mirrorl.recipes import long_policy, prepare, run_dpo, run_eval, run_rl, run_sft, run_shortest_rs
+from mirrorl.recipes import long_policy, run_dpo, run_eval, run_rl, run_sft, run_shortest_rs
 from mirrorl.train.metrics import console
 from mirrorl.train.resume import Start
 
@@ -91,7 +91,6 @@ def run_long2short(cfg: Config, run_dir: Path, start: Start = "new") -> list[dic
     add("short", short, seconds)
     merged, merge_seconds = work / "merge" / "model", 0.0
     if {"merge", "merge_rs"} & set(l2s.methods):
-        prepare(_with(cfg, work / "merge"))
         began = time.perf_counter()
         merge_checkpoints([long, short], [l2s.merge_weight, 1 - l2s.merge_weight], merged,
                           overwrite=start != "new")

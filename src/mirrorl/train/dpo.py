@@ -27,12 +27,11 @@ from transformers import PreTrainedModel
 
 from mirrorl.algo.logprobs import sequence_logprobs
 from mirrorl.algo.losses import PreferenceInputs, dpo_loss
-from mirrorl.algo.schedule import one_cycle
 from mirrorl.config import DPOConfig
 from mirrorl.data.encode import pad_batch
 from mirrorl.train.metrics import MetricsLogger
 from mirrorl.train.resume import Checkpointing
-from mirrorl.train.sft import BucketedBatches, StepLoss, optimize
+from mirrorl.train.sft import BucketedBatches, StepLoss, adamw_one_cycle, optimize
 from mirrorl.train.state import capture_rng, read_training_state, restore_rng
 
 
@@ -82,8 +81,7 @@ def train_dpo(model: PreTrainedModel, pairs: Sequence[PreferencePair], cfg: DPOC
         raise ValueError(f"no DPO pair fits dpo.max_len={cfg.max_len} tokens")
     ckpt = checkpointing or Checkpointing.off()
     device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: one_cycle(s, cfg.steps, cfg.warmup_ratio))
+    optimizer, schedule = adamw_one_cycle(model, cfg.lr, cfg.weight_decay, cfg.steps, cfg.warmup_ratio)
     first = 0
     if ckpt.resume is not None:
         state = read_training_state(ckpt.resume.path, optimizer, schedule)

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
-from mirrorl.algo.schedule import one_cycle
 from mirrorl.config import ModelConfig, RMTrainConfig
 from mirrorl.data.io import read_rows
 from mirrorl.models import build_tiny, save_policy
@@ -41,6 +40,7 @@ from mirrorl.rewards.reward_models.value_head import (
     score_ids,
 )
 from mirrorl.train.metrics import MetricsLogger, progress_bar
+from mirrorl.train.sft import adamw_one_cycle
 
 
 @dataclass(frozen=True)
@@ -181,8 +181,7 @@ def evaluate(model: PreTrainedModel, rows: Sequence[EncodedRow], objective: str,
 def fit(model: PreTrainedModel, rows: Sequence[EncodedRow], cfg: RMTrainConfig, pad_id: int,
         logger: MetricsLogger, seed: int) -> BatchLoss:
     """`cfg.steps` AdamW steps on shuffled batches (reshuffled every epoch); returns the last batch's loss."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: one_cycle(s, cfg.steps, cfg.warmup_ratio))
+    optimizer, schedule = adamw_one_cycle(model, cfg.lr, cfg.weight_decay, cfg.steps, cfg.warmup_ratio)
     rng, order = random.Random(seed), []
     model.train()
     with progress_bar() as bar:

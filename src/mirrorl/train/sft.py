@@ -131,6 +131,14 @@ def sft_loss(model: PreTrainedModel, batch: list[SFTExample], pad_id: int,
     return -(logprobs * padded.response_mask).sum() / max(1, num_tokens), num_tokens
 
 
+def adamw_one_cycle(model: torch.nn.Module, lr: float, weight_decay: float, steps: int,
+                    warmup_ratio: float) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """The fine-tuning phases' optimizer (SFT, DPO, the reward model): AdamW with betas (0.9, 0.95) on a
+    one-cycle schedule over `steps`."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: one_cycle(s, steps, warmup_ratio))
+
+
 @dataclass
 class StepLoss:
     """One batch's loss, the figures to log with it, and the tokens it covered."""
@@ -185,8 +193,7 @@ def train_sft(
         raise ValueError(f"no SFT example fits sft.max_len={cfg.max_len} tokens")
     ckpt = checkpointing or Checkpointing.off()
     device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: one_cycle(s, cfg.steps, cfg.warmup_ratio))
+    optimizer, schedule = adamw_one_cycle(model, cfg.lr, cfg.weight_decay, cfg.steps, cfg.warmup_ratio)
     batches = BucketedBatches(kept, cfg.batch_size, cfg.bucket_window, seed)
     first, last = 0, {"loss": float("nan")}
     if ckpt.resume is not None:
